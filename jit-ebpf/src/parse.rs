@@ -4,6 +4,7 @@
 use aya_ebpf::programs::XdpContext;
 use jit_common::{proto, v4_mapped};
 
+
 pub const ETH_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -31,30 +32,26 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Malformed>
     Ok((start + offset) as *const T)
 }
 
+/// Copies a whole header out of the packet. Reading fields from one checked
+/// copy keeps LLVM from re-deriving packet pointers the verifier has not seen
+/// checked.
 #[inline(always)]
-fn u8_at(ctx: &XdpContext, offset: usize) -> Result<u8, Malformed> {
-    // SAFETY: ptr_at checked the byte lies inside the packet.
-    Ok(unsafe { *ptr_at::<u8>(ctx, offset)? })
-}
-
-#[inline(always)]
-fn be16_at(ctx: &XdpContext, offset: usize) -> Result<u16, Malformed> {
-    // SAFETY: ptr_at checked both bytes lie inside the packet; the read is
+fn header<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Malformed> {
+    // SAFETY: ptr_at checked the N bytes lie inside the packet; the read is
     // unaligned-safe.
-    let raw = unsafe { core::ptr::read_unaligned(ptr_at::<[u8; 2]>(ctx, offset)?) };
-    Ok(u16::from_be_bytes(raw))
+    Ok(unsafe { core::ptr::read_unaligned(ptr_at::<[u8; N]>(ctx, offset)?) })
 }
 
 #[inline(always)]
-fn addr16_at(ctx: &XdpContext, offset: usize) -> Result<[u8; 16], Malformed> {
-    // SAFETY: ptr_at checked the 16 bytes lie inside the packet.
-    Ok(unsafe { core::ptr::read_unaligned(ptr_at::<[u8; 16]>(ctx, offset)?) })
+fn be16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([bytes[at], bytes[at + 1]])
 }
 
 #[inline(always)]
-fn addr4_at(ctx: &XdpContext, offset: usize) -> Result<[u8; 4], Malformed> {
-    // SAFETY: ptr_at checked the 4 bytes lie inside the packet.
-    Ok(unsafe { core::ptr::read_unaligned(ptr_at::<[u8; 4]>(ctx, offset)?) })
+fn addr16(bytes: &[u8], at: usize) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&bytes[at..at + 16]);
+    out
 }
 
 /// The network layer of a frame.
@@ -84,54 +81,54 @@ pub struct IpHeader {
 /// Reads Ethernet, up to two VLAN tags and the fixed IP header.
 #[inline(always)]
 pub fn parse_l3(ctx: &XdpContext) -> Result<L3, Malformed> {
+    let eth: [u8; ETH_LEN] = header(ctx, 0)?;
     let mut offset = ETH_LEN;
-    let mut ethertype = be16_at(ctx, 12)?;
-    // Two tags cover 802.1ad + 802.1Q (QinQ); a third tag is not parsed and
-    // its frame passes as non-IP only if its ethertype is not a VLAN type.
+    let mut ethertype = be16(&eth, 12);
+    // Two tags cover 802.1ad + 802.1Q (QinQ). A third tag could hide an IP
+    // packet from the gate, so it is refused.
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        ethertype = be16_at(ctx, offset + 2)?;
+        let tag: [u8; VLAN_LEN] = header(ctx, offset)?;
+        ethertype = be16(&tag, 2);
         offset += VLAN_LEN;
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            ethertype = be16_at(ctx, offset + 2)?;
+            let tag: [u8; VLAN_LEN] = header(ctx, offset)?;
+            ethertype = be16(&tag, 2);
             offset += VLAN_LEN;
             if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-                // A third tag could hide an IP packet from the gate: refuse it.
                 return Err(Malformed);
             }
         }
     }
     match ethertype {
         ETH_P_IP => {
-            ptr_at::<[u8; IPV4_LEN]>(ctx, offset)?;
-            let vihl = u8_at(ctx, offset)?;
-            let ihl_bytes = ((vihl & 0x0f) as usize) * 4;
+            let h: [u8; IPV4_LEN] = header(ctx, offset)?;
+            let ihl_bytes = ((h[0] & 0x0f) as usize) * 4;
             Ok(L3::Ip(IpHeader {
                 family: 4,
-                src: v4_mapped(addr4_at(ctx, offset + 12)?),
-                dst: v4_mapped(addr4_at(ctx, offset + 16)?),
+                src: v4_mapped([h[12], h[13], h[14], h[15]]),
+                dst: v4_mapped([h[16], h[17], h[18], h[19]]),
                 next_offset: offset + ihl_bytes,
                 v4_ihl_bytes: ihl_bytes,
-                v4_frag: be16_at(ctx, offset + 6)?,
-                v4_total_len: be16_at(ctx, offset + 2)?,
-                next_header: u8_at(ctx, offset + 9)?,
-                hop_limit: u8_at(ctx, offset + 8)?,
-                version_ok: vihl >> 4 == 4 && ihl_bytes >= IPV4_LEN,
+                v4_frag: be16(&h, 6),
+                v4_total_len: be16(&h, 2),
+                next_header: h[9],
+                hop_limit: h[8],
+                version_ok: h[0] >> 4 == 4 && ihl_bytes >= IPV4_LEN,
             }))
         }
         ETH_P_IPV6 => {
-            ptr_at::<[u8; IPV6_LEN]>(ctx, offset)?;
-            let version = u8_at(ctx, offset)? >> 4;
+            let h: [u8; IPV6_LEN] = header(ctx, offset)?;
             Ok(L3::Ip(IpHeader {
                 family: 6,
-                src: addr16_at(ctx, offset + 8)?,
-                dst: addr16_at(ctx, offset + 24)?,
+                src: addr16(&h, 8),
+                dst: addr16(&h, 24),
                 next_offset: offset + IPV6_LEN,
                 v4_ihl_bytes: 0,
                 v4_frag: 0,
                 v4_total_len: 0,
-                next_header: u8_at(ctx, offset + 6)?,
-                hop_limit: u8_at(ctx, offset + 7)?,
-                version_ok: version == 6,
+                next_header: h[6],
+                hop_limit: h[7],
+                version_ok: h[0] >> 4 == 6,
             }))
         }
         _ => Ok(L3::NonIp),
@@ -174,22 +171,10 @@ pub fn parse_l4(ctx: &XdpContext, ip: &IpHeader) -> Result<L4, Malformed> {
         }
     };
     let port_or_type = match proto {
-        proto::TCP => {
-            ptr_at::<[u8; 20]>(ctx, offset)?;
-            be16_at(ctx, offset + 2)?
-        }
-        proto::UDP => {
-            ptr_at::<[u8; 8]>(ctx, offset)?;
-            be16_at(ctx, offset + 2)?
-        }
-        proto::SCTP => {
-            ptr_at::<[u8; 12]>(ctx, offset)?;
-            be16_at(ctx, offset + 2)?
-        }
-        proto::ICMP | proto::ICMPV6 => {
-            ptr_at::<[u8; 8]>(ctx, offset)?;
-            u8_at(ctx, offset)? as u16
-        }
+        proto::TCP => be16(&header::<20>(ctx, offset)?, 2),
+        proto::UDP => be16(&header::<8>(ctx, offset)?, 2),
+        proto::SCTP => be16(&header::<12>(ctx, offset)?, 2),
+        proto::ICMP | proto::ICMPV6 => header::<8>(ctx, offset)?[0] as u16,
         _ => 0,
     };
     Ok(L4::Flow {
@@ -224,16 +209,14 @@ fn walk_ipv6_ext(
     for _ in 0..MAX_IPV6_EXT {
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                ptr_at::<[u8; 8]>(ctx, offset)?;
-                next = u8_at(ctx, offset)?;
-                let len = (u8_at(ctx, offset + 1)? as usize + 1) * 8;
-                offset += len;
+                let h: [u8; 8] = header(ctx, offset)?;
+                next = h[0];
+                offset += (h[1] as usize + 1) * 8;
             }
             NEXTHDR_FRAGMENT => {
-                ptr_at::<[u8; 8]>(ctx, offset)?;
-                next = u8_at(ctx, offset)?;
-                let frag = be16_at(ctx, offset + 2)?;
-                if frag >> 3 != 0 {
+                let h: [u8; 8] = header(ctx, offset)?;
+                next = h[0];
+                if be16(&h, 2) >> 3 != 0 {
                     return Ok(None);
                 }
                 offset += 8;

@@ -1,0 +1,637 @@
+//! The data plane: loading, pinning and adopting the XDP gate, and writing
+//! zones and grants into its maps.
+
+pub mod addr;
+pub mod clock;
+mod error;
+pub mod pins;
+pub mod rules;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use ipnet::IpNet;
+use jit_common::{
+    counters::{counter_index, COUNTER_ENTRIES},
+    maps, Counter, FlowKey, GateConfig, GrantSet, GrantStats, RateState, Reason, ZoneKey,
+    ZoneValue, NUM_REASONS,
+};
+use tracing::{info, warn};
+
+pub use self::{
+    error::GateError,
+    rules::{GrantSpec, RuleSpec, ZoneTable},
+};
+
+/// The compiled XDP program, built by build.rs.
+pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jit-ebpf"));
+
+/// How to attach to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Driver mode, falling back to generic mode when the driver refuses.
+    #[default]
+    Auto,
+    /// Driver (native) mode only.
+    Driver,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+/// Where and how to load the gate.
+#[derive(Clone, Debug)]
+pub struct GateOptions {
+    /// bpffs directory for map and link pins; `None` loads an unpinned gate
+    /// (tests through BPF_PROG_TEST_RUN).
+    pub pin_dir: Option<PathBuf>,
+    /// Grant capacity: flow keys and stats slots.
+    pub capacity: u32,
+    /// Compile the program's aya-log diagnostics in (debug level) or out.
+    pub debug_log: bool,
+    pub denied_events_per_sec: u32,
+}
+
+impl Default for GateOptions {
+    fn default() -> Self {
+        GateOptions {
+            pin_dir: None,
+            capacity: maps::DEFAULT_GRANT_CAPACITY,
+            debug_log: false,
+            denied_events_per_sec: maps::DEFAULT_DENIED_EVENTS_PER_SEC,
+        }
+    }
+}
+
+/// Totals of one (zone, reason) counter cell, summed over CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterTotal {
+    pub zone_id: u32,
+    pub reason: Reason,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Which interface the gate is attached to and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub iface: String,
+    pub mode: &'static str,
+    /// True when an existing pinned link was taken over.
+    pub adopted: bool,
+}
+
+/// A loaded gate with its maps.
+pub struct Gate {
+    ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+    capacity: u32,
+    zones_map: LpmTrie<MapData, ZoneKey, ZoneValue>,
+    grants_map: BpfHashMap<MapData, FlowKey, GrantSet>,
+    stats_map: Array<MapData, GrantStats>,
+    counters_map: PerCpuArray<MapData, Counter>,
+    rate_map: PerCpuArray<MapData, RateState>,
+    denied: Option<RingBuf<MapData>>,
+    zones: ZoneTable,
+    /// Mirror of the grant map, so updates are read-modify-write without a
+    /// syscall per read and a failed batch can be rolled back.
+    flows: HashMap<FlowKey, GrantSet>,
+    used_slots: BTreeSet<u32>,
+    next_slot: u32,
+    links: Vec<(String, PinnedLink)>,
+    /// Pinned maps were found and reused.
+    pub adopted_maps: bool,
+    _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, GateError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| GateError::Zone {
+            name: name.into(),
+            detail: "map missing from the eBPF object".into(),
+        })?;
+    T::try_from(map).map_err(|e| GateError::map(format!("opening map {name}"), e))
+}
+
+impl Gate {
+    /// Loads the program, creating or adopting pinned maps.
+    pub fn load(opts: &GateOptions) -> Result<Gate, GateError> {
+        if PROGRAM_OBJECT.is_empty() {
+            return Err(GateError::NoProgram);
+        }
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(maps::GRANTS, opts.capacity)
+            .map_max_entries(maps::GRANT_STATS, opts.capacity);
+        let level: u8 = if opts.debug_log { aya_log::Level::Debug as u8 } else { 0 };
+        loader.override_global("AYA_LOG_LEVEL", &level, false);
+        let mut adopted_maps = false;
+        let pin_paths: Vec<(&'static str, PathBuf)>;
+        if let Some(dir) = &opts.pin_dir {
+            pins::prepare_dir(dir)?;
+            adopted_maps = pins::check_pinned_maps(dir, opts.capacity)? > 0;
+            pin_paths = pins::map_specs(opts.capacity)
+                .iter()
+                .map(|s| (s.name, pins::map_pin(dir, s.name)))
+                .collect();
+            for (name, path) in &pin_paths {
+                loader.map_pin_path(name, path.as_path());
+            }
+        }
+        let mut ebpf = loader.load(PROGRAM_OBJECT).map_err(GateError::Load)?;
+        let logger = if opts.debug_log {
+            match aya_log::EbpfLogger::init(&mut ebpf) {
+                Ok(logger) => Some(logger),
+                Err(e) => {
+                    warn!("eBPF diagnostics unavailable: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let program: &mut Xdp = ebpf
+            .program_mut(maps::PROGRAM)
+            .ok_or_else(|| GateError::Zone {
+                name: maps::PROGRAM.into(),
+                detail: "program missing from the eBPF object".into(),
+            })?
+            .try_into()
+            .map_err(GateError::Program)?;
+        program.load().map_err(GateError::Program)?;
+
+        let zones_map = take(&mut ebpf, maps::ZONES)?;
+        let grants_map: BpfHashMap<MapData, FlowKey, GrantSet> = take(&mut ebpf, maps::GRANTS)?;
+        let stats_map = take(&mut ebpf, maps::GRANT_STATS)?;
+        let counters_map = take(&mut ebpf, maps::COUNTERS)?;
+        let rate_map = take(&mut ebpf, maps::RATE)?;
+        let denied = Some(take(&mut ebpf, maps::DENIED)?);
+        let mut config: Array<MapData, GateConfig> = take(&mut ebpf, maps::CONFIG)?;
+        config
+            .set(
+                0,
+                GateConfig {
+                    denied_events_per_sec: opts.denied_events_per_sec,
+                    flags: 0,
+                },
+                0,
+            )
+            .map_err(|e| GateError::map("writing the gate config", e))?;
+
+        let mut flows = HashMap::new();
+        for entry in grants_map.iter() {
+            let (key, set) = entry.map_err(|e| GateError::map("reading pinned grants", e))?;
+            flows.insert(key, set);
+        }
+        let used_slots: BTreeSet<u32> = flows
+            .values()
+            .flat_map(|set| set.rules[..set.count as usize].iter().map(|r| r.stats_index))
+            .collect();
+        let next_slot = used_slots.last().map_or(0, |s| s + 1);
+        Ok(Gate {
+            ebpf,
+            pin_dir: opts.pin_dir.clone(),
+            capacity: opts.capacity,
+            zones_map,
+            grants_map,
+            stats_map,
+            counters_map,
+            rate_map,
+            denied,
+            zones: ZoneTable::default(),
+            flows,
+            used_slots,
+            next_slot,
+            links: Vec::new(),
+            adopted_maps,
+            _logger: logger,
+        })
+    }
+
+    fn program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(maps::PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("program checked at load")
+    }
+
+    /// The loaded program, for BPF_PROG_TEST_RUN.
+    pub fn xdp(&mut self) -> &mut Xdp {
+        self.program()
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    /// Attaches to an interface of the current network namespace. An
+    /// existing pinned link is taken over by swapping its program in one
+    /// `bpf_link_update`, so the interface is never without a gate.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attachment, GateError> {
+        let link_path = self.pin_dir.as_ref().map(|d| pins::link_pin(d, iface));
+        if let Some(path) = link_path.as_ref().filter(|p| p.exists()) {
+            let pinned = PinnedLink::from_pin(path).map_err(|e| GateError::Link {
+                what: "opening the pinned link",
+                iface: iface.into(),
+                detail: e.to_string(),
+            })?;
+            let fd_link: FdLink = pinned.into();
+            let xdp_link = aya::programs::xdp::XdpLink::try_from(fd_link).map_err(|e| {
+                GateError::Link {
+                    what: "adopting the pinned link",
+                    iface: iface.into(),
+                    detail: e.to_string(),
+                }
+            })?;
+            let program = self.program();
+            let id = program.attach_to_link(xdp_link).map_err(|e| GateError::Link {
+                what: "replacing the program of the pinned link",
+                iface: iface.into(),
+                detail: format!("{e:#}"),
+            })?;
+            // Keep our own reference: the pin keeps the link alive, the fd lets
+            // us unpin it on detach.
+            let link = program.take_link(id).map_err(GateError::Program)?;
+            drop(link);
+            let pinned = PinnedLink::from_pin(path).map_err(|e| GateError::Link {
+                what: "reopening the pinned link",
+                iface: iface.into(),
+                detail: e.to_string(),
+            })?;
+            self.links.push((iface.into(), pinned));
+            info!(iface, "adopted the pinned XDP link and swapped in this build's program");
+            return Ok(Attachment {
+                iface: iface.into(),
+                mode: "adopted",
+                adopted: true,
+            });
+        }
+        let (id, mode_name) = {
+            let program = self.program();
+            match mode {
+                AttachMode::Driver => (program.attach(iface, XdpMode::Driver), "driver"),
+                AttachMode::Generic => (program.attach(iface, XdpMode::Skb), "generic"),
+                AttachMode::Auto => match program.attach(iface, XdpMode::Driver) {
+                    Ok(id) => (Ok(id), "driver"),
+                    Err(e) => {
+                        warn!(iface, error = %e, "driver-mode XDP refused, falling back to generic mode");
+                        (program.attach(iface, XdpMode::Skb), "generic")
+                    }
+                },
+            }
+        };
+        let id = id.map_err(|e| GateError::Attach {
+            iface: iface.into(),
+            detail: e.to_string(),
+        })?;
+        let program = self.program();
+        let link = program.take_link(id).map_err(GateError::Program)?;
+        let fd_link = FdLink::try_from(link).map_err(|e| GateError::Link {
+            what: "turning the attachment into a bpf link",
+            iface: iface.into(),
+            detail: e.to_string(),
+        })?;
+        match link_path {
+            Some(path) => {
+                let pinned = fd_link.pin(&path).map_err(|e| GateError::Link {
+                    what: "pinning the link",
+                    iface: iface.into(),
+                    detail: e.to_string(),
+                })?;
+                self.links.push((iface.into(), pinned));
+            }
+            None => {
+                // Unpinned gates (tests) keep the link open for their lifetime.
+                std::mem::forget(fd_link);
+            }
+        }
+        info!(iface, mode = mode_name, "attached the XDP gate");
+        Ok(Attachment {
+            iface: iface.into(),
+            mode: mode_name,
+            adopted: false,
+        })
+    }
+
+    /// Interfaces this gate holds links for.
+    pub fn attached(&self) -> Vec<String> {
+        self.links.iter().map(|(i, _)| i.clone()).collect()
+    }
+
+    /// Replaces the protected zones. New prefixes go in before stale ones
+    /// leave, so a reload never opens a prefix that stays protected.
+    pub fn set_zones(&mut self, zones: &[(IpNet, u32)]) -> Result<(), GateError> {
+        let table = ZoneTable::new(zones.to_vec());
+        for (net, id) in table.entries() {
+            if *id == 0 || *id > jit_common::MAX_ZONES {
+                return Err(GateError::Zone {
+                    name: net.to_string(),
+                    detail: format!("zone id {id} is outside 1..={}", jit_common::MAX_ZONES),
+                });
+            }
+        }
+        let existing: Vec<Key<ZoneKey>> = self
+            .zones_map
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|e| GateError::map("reading zones", e))?;
+        let mut wanted = Vec::new();
+        for (net, id) in table.entries() {
+            let (data, len) = addr::net16(*net);
+            let key = Key::new(len as u32, data);
+            self.zones_map
+                .insert(
+                    &key,
+                    ZoneValue {
+                        zone_id: *id,
+                        flags: 0,
+                    },
+                    0,
+                )
+                .map_err(|e| GateError::map(format!("adding zone prefix {net}"), e))?;
+            wanted.push((len as u32, data));
+        }
+        for key in existing {
+            if !wanted.contains(&(key.prefix_len(), key.data())) {
+                self.zones_map
+                    .remove(&key)
+                    .map_err(|e| GateError::map("removing a stale zone prefix", e))?;
+            }
+        }
+        self.zones = table;
+        Ok(())
+    }
+
+    pub fn zones(&self) -> &ZoneTable {
+        &self.zones
+    }
+
+    /// Reserves a stats slot for a new grant.
+    pub fn allocate_slot(&mut self) -> Result<u32, GateError> {
+        let slot = if self.next_slot < self.capacity {
+            self.next_slot += 1;
+            self.next_slot - 1
+        } else {
+            (0..self.capacity)
+                .find(|s| !self.used_slots.contains(s))
+                .ok_or(GateError::CapacityFull {
+                    capacity: self.capacity,
+                })?
+        };
+        self.used_slots.insert(slot);
+        Ok(slot)
+    }
+
+    /// Releases a slot reserved by `allocate_slot` that was never installed.
+    pub fn free_slot(&mut self, slot: u32) {
+        self.used_slots.remove(&slot);
+    }
+
+    /// Writes changed flow sets to the kernel; on failure restores the sets
+    /// already written, so a grant is in the kernel whole or not at all.
+    fn apply(&mut self, changes: HashMap<FlowKey, GrantSet>) -> Result<(), GateError> {
+        let mut done: Vec<(FlowKey, Option<GrantSet>)> = Vec::new();
+        for (key, set) in &changes {
+            let result = if set.count == 0 {
+                match self.grants_map.remove(key) {
+                    Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                    other => other,
+                }
+            } else {
+                self.grants_map.insert(key, set, 0)
+            };
+            if let Err(e) = result {
+                for (key, old) in done.into_iter().rev() {
+                    let _ = match old {
+                        Some(old) if old.count > 0 => self.grants_map.insert(key, old, 0),
+                        _ => self.grants_map.remove(&key),
+                    };
+                }
+                return Err(GateError::map("writing a grant to the kernel", e));
+            }
+            done.push((*key, self.flows.get(key).copied()));
+        }
+        for (key, set) in changes {
+            if set.count == 0 {
+                self.flows.remove(&key);
+            } else {
+                self.flows.insert(key, set);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a grant into the kernel. Its stats slot is zeroed first.
+    pub fn install(&mut self, spec: &GrantSpec) -> Result<(), GateError> {
+        let rules = rules::kernel_rules(spec, &self.zones)?;
+        let mut changes: HashMap<FlowKey, GrantSet> = HashMap::new();
+        for (key, rule) in rules {
+            let set = changes
+                .entry(key)
+                .or_insert_with(|| self.flows.get(&key).copied().unwrap_or_default());
+            rules::remove_slot(set, spec.slot);
+            rules::push_rule(set, &key, rule)?;
+        }
+        self.stats_map
+            .set(spec.slot, GrantStats::default(), 0)
+            .map_err(|e| GateError::map("clearing a grant's stats", e))?;
+        self.used_slots.insert(spec.slot);
+        self.apply(changes)
+    }
+
+    /// Changes the kernel expiry of an installed grant's rules.
+    pub fn set_expiry(&mut self, slot: u32, expires_at_boot_ns: u64) -> Result<(), GateError> {
+        let mut changes = HashMap::new();
+        for (key, set) in &self.flows {
+            let mut set = *set;
+            let mut touched = false;
+            for rule in &mut set.rules[..set.count as usize] {
+                if rule.stats_index == slot {
+                    rule.expires_at_ns = expires_at_boot_ns;
+                    touched = true;
+                }
+            }
+            if touched {
+                changes.insert(*key, set);
+            }
+        }
+        if changes.is_empty() {
+            return Err(GateError::UnknownGrant { id: slot as u64 });
+        }
+        self.apply(changes)
+    }
+
+    /// Removes a grant's rules and returns its final stats.
+    pub fn remove(&mut self, slot: u32) -> Result<GrantStats, GateError> {
+        let mut changes = HashMap::new();
+        for (key, set) in &self.flows {
+            if set.rules[..set.count as usize].iter().any(|r| r.stats_index == slot) {
+                let mut set = *set;
+                rules::remove_slot(&mut set, slot);
+                changes.insert(*key, set);
+            }
+        }
+        let stats = self.stats(slot)?;
+        self.apply(changes)?;
+        self.used_slots.remove(&slot);
+        Ok(stats)
+    }
+
+    /// Makes the kernel hold exactly `grants`: adds what is missing, rewrites
+    /// what differs, deletes what is unknown. Used when adopting pinned state.
+    pub fn reconcile(&mut self, grants: &[GrantSpec]) -> Result<ReconcileReport, GateError> {
+        let desired = rules::desired_sets(grants, &self.zones)?;
+        let mut changes = HashMap::new();
+        let mut report = ReconcileReport::default();
+        for (key, set) in &self.flows {
+            if !desired.contains_key(key) {
+                changes.insert(*key, GrantSet::default());
+                report.removed += set.count as usize;
+            }
+        }
+        for (key, set) in &desired {
+            match self.flows.get(key) {
+                Some(have) if have == set => report.kept += set.count as usize,
+                Some(_) => {
+                    changes.insert(*key, *set);
+                    report.rewritten += set.count as usize;
+                }
+                None => {
+                    changes.insert(*key, *set);
+                    report.added += set.count as usize;
+                }
+            }
+        }
+        self.apply(changes)?;
+        self.used_slots = grants.iter().map(|g| g.slot).collect();
+        self.next_slot = self.used_slots.last().map_or(0, |s| s + 1);
+        Ok(report)
+    }
+
+    /// Number of flow keys in the grant map.
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Number of stats slots in use (grants installed).
+    pub fn grant_count(&self) -> usize {
+        self.used_slots.len()
+    }
+
+    pub fn stats(&self, slot: u32) -> Result<GrantStats, GateError> {
+        self.stats_map
+            .get(&slot, 0)
+            .map_err(|e| GateError::map(format!("reading stats slot {slot}"), e))
+    }
+
+    /// Verdict totals for zone 0 and the given zone ids, summed over CPUs.
+    pub fn counters(&self, zone_ids: &[u32]) -> Result<Vec<CounterTotal>, GateError> {
+        let mut out = Vec::new();
+        let mut ids = vec![0];
+        ids.extend(zone_ids.iter().copied().filter(|z| *z != 0));
+        for zone_id in ids {
+            for reason in Reason::ALL {
+                let index = counter_index(zone_id, reason);
+                if index >= COUNTER_ENTRIES {
+                    continue;
+                }
+                let values = self
+                    .counters_map
+                    .get(&index, 0)
+                    .map_err(|e| GateError::map("reading counters", e))?;
+                let (packets, bytes) = values
+                    .iter()
+                    .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+                out.push(CounterTotal {
+                    zone_id,
+                    reason,
+                    packets,
+                    bytes,
+                });
+            }
+        }
+        debug_assert_eq!(Reason::ALL.len() as u32, NUM_REASONS);
+        Ok(out)
+    }
+
+    /// Denied events suppressed by the in-kernel rate limit, over all CPUs.
+    pub fn suppressed_events(&self) -> Result<u64, GateError> {
+        let values = self
+            .rate_map
+            .get(&0, 0)
+            .map_err(|e| GateError::map("reading the event rate state", e))?;
+        Ok(values.iter().map(|r| r.suppressed as u64).sum())
+    }
+
+    /// Takes the denied-attempt ring buffer (once) for an event reader.
+    pub fn take_denied_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.denied.take()
+    }
+
+    /// Removes links and pins: the gate stops filtering and its grants are
+    /// gone. The maps live on only while this process holds them.
+    pub fn detach_all(mut self) -> Result<(), GateError> {
+        for (iface, link) in self.links.drain(..) {
+            link.unpin().map_err(|source| GateError::Io {
+                what: "unpinning the link of",
+                path: PathBuf::from(iface),
+                source,
+            })?;
+        }
+        if let Some(dir) = &self.pin_dir {
+            remove_pins(dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// What `Gate::reconcile` changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub kept: usize,
+    pub added: usize,
+    pub rewritten: usize,
+    pub removed: usize,
+}
+
+/// Removes every pin of a gate directory: links first (which detaches the
+/// program), then maps.
+pub fn remove_pins(dir: &Path) -> Result<(), GateError> {
+    let io = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| GateError::Io { what, path, source }
+    };
+    let links = pins::links_dir(dir);
+    if links.exists() {
+        for entry in std::fs::read_dir(&links).map_err(io("listing", &links))? {
+            let path = entry.map_err(io("listing", &links))?.path();
+            std::fs::remove_file(&path).map_err(io("removing the link pin", &path))?;
+        }
+        std::fs::remove_dir(&links).map_err(io("removing", &links))?;
+    }
+    for spec in pins::map_specs(0) {
+        let path = pins::map_pin(dir, spec.name);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(io("removing the map pin", &path))?;
+        }
+    }
+    if dir.exists() {
+        std::fs::remove_dir(dir).map_err(io("removing the pin directory", dir))?;
+    }
+    Ok(())
+}
