@@ -8,6 +8,7 @@
 pub mod counters;
 pub mod event;
 pub mod grant;
+mod layout;
 pub mod maps;
 pub mod zone;
 
@@ -23,6 +24,9 @@ pub mod proto {
     pub const UDP: u8 = 17;
     pub const ICMPV6: u8 = 58;
     pub const SCTP: u8 = 132;
+    /// Flow-key protocol of rules that admit every protocol. 255 is
+    /// reserved by IANA, so no packet carries it.
+    pub const ANY: u8 = 255;
 
     /// Protocols whose grants are narrowed by destination port.
     pub const fn has_ports(proto: u8) -> bool {

@@ -94,13 +94,35 @@ fn classify(ctx: &XdpContext) -> (Reason, u32) {
 
 /// The grant rule: exact source, destination inside the rule's prefix,
 /// protocol, and (for TCP, UDP, SCTP) destination port inside the range,
-/// before the rule's boot-clock expiry.
+/// before the rule's boot-clock expiry. Rules for any protocol live under
+/// `proto::ANY` and are consulted only when the exact protocol has no match.
 #[inline(always)]
 fn check_grant(ip: &IpHeader, zone_id: u32, proto: u8, dport: u16, ctx: &XdpContext) -> Reason {
+    let exact = match_flow(ip, zone_id, proto, proto, dport, ctx);
+    if exact == Reason::PassGrant {
+        return exact;
+    }
+    let any = match_flow(ip, zone_id, proto::ANY, proto, dport, ctx);
+    if any == Reason::PassGrant || exact == Reason::DropNoGrant {
+        any
+    } else {
+        exact
+    }
+}
+
+#[inline(always)]
+fn match_flow(
+    ip: &IpHeader,
+    zone_id: u32,
+    key_proto: u8,
+    proto: u8,
+    dport: u16,
+    ctx: &XdpContext,
+) -> Reason {
     let key = FlowKey {
         src: ip.src,
         zone_id,
-        proto,
+        proto: key_proto,
         _pad: [0; 3],
     };
     // SAFETY: the value is read in place under RCU; a concurrent update
