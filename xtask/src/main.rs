@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 
 /// jitgate developer tasks. All of them need root.
 #[derive(Parser)]
-#[command(name = "cargo xtask", version)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -36,21 +36,25 @@ enum Task {
     /// Arguments after `--` go to `cargo test`, e.g. `-- --test lab_smoke` or
     /// `-- lab -- --nocapture`. JITGATE_TEST_THREADS limits parallel tests.
     Test {
+        /// Arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Set up, build, then run the demo lab (the `jit-demo` binary of jit-tests).
     Demo {
+        /// Arguments for the demo.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Set up, build, then run `jit-agent` with the given arguments.
     Run {
+        /// Arguments for `jit-agent`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Set up, then run the benchmarks (the `jit-bench` binary of jit-tests).
     Bench {
+        /// Arguments for the benchmarks.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

@@ -126,3 +126,26 @@ impl Tally {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn tally_adds_up_every_binary_and_names_failures() {
+        let mut tally = Tally::default();
+        for line in [
+            "test lab::tests::a ... ok",
+            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+            "test expiry_blocks_within_100ms ... FAILED",
+            "test result: FAILED. 5 passed; 1 failed; 0 ignored; 0 measured; 2 filtered out; finished in 1.20s",
+        ] {
+            tally.read(line);
+        }
+        assert_eq!(
+            (tally.binaries, tally.passed, tally.failed, tally.ignored),
+            (2, 8, 1, 1)
+        );
+        assert_eq!(tally.failures, ["expiry_blocks_within_100ms"]);
+    }
+}
