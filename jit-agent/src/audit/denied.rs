@@ -223,7 +223,7 @@ impl DeniedAggregator {
                 other_flows: pair.other_flows,
             })
             .collect();
-        summaries.sort_by(|a, b| (a.src, a.target).cmp(&(b.src, b.target)));
+        summaries.sort_by_key(|s| (s.src, s.target));
         Some(DeniedMinute {
             minute: open.start,
             summaries,

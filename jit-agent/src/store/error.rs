@@ -58,9 +58,9 @@ pub enum StoreError {
         path: PathBuf,
         /// What was being done.
         action: String,
-        /// The underlying error.
+        /// The underlying error (boxed: redb's error type is large).
         #[source]
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
 
     /// The store was written by a newer jit-agent whose layout this one does

@@ -61,6 +61,9 @@ pub const SCHEMA_VERSION: u64 = 1;
 /// damage, never an interrupted first start.
 const NEW_FILE_NAME: &str = "state.redb.new";
 
+/// A copy of the store as found, taken before redb may repair it in place.
+const PRISTINE_FILE_NAME: &str = "state.redb.opening";
+
 const REQUESTS: TableDefinition<u64, &[u8]> = TableDefinition::new("requests");
 const GRANTS: TableDefinition<u64, &[u8]> = TableDefinition::new("grants");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -197,31 +200,60 @@ impl Store {
                     source,
                 })
             }
-            Ok(_) => match open_checked(&dir, &path) {
-                Ok((db, repaired)) => {
-                    if repaired {
+            Ok(_) => {
+                // redb's repair writes to the file, so keep its bytes as found
+                // in case it turns out to be damaged after all.
+                let pristine = dir.join(PRISTINE_FILE_NAME);
+                let copied = match std::fs::copy(&path, &pristine) {
+                    Ok(_) => true,
+                    Err(e) => {
                         tracing::warn!(
                             path = %path.display(),
-                            "state store was not closed cleanly; redb repaired it and kept every committed change"
+                            error = %e,
+                            "could not copy the state store before opening it; if it is damaged, \
+                             the file kept will be the one redb tried to repair"
                         );
+                        let _ = std::fs::remove_file(&pristine);
+                        false
                     }
-                    report.repaired = repaired;
-                    db
+                };
+                let outcome = open_checked(&dir, &path);
+                if !matches!(outcome, Err(Failure::Damaged(_))) {
+                    let _ = std::fs::remove_file(&pristine);
                 }
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Damaged(reason)) => {
-                    let damage = move_aside(&dir, &path, reason)?;
-                    tracing::error!(
-                        path = %damage.path.display(),
-                        moved_to = %damage.moved_to.display(),
-                        reason = %damage.reason,
-                        "STATE STORE DAMAGED: moved it aside and started an empty store; \
-                         state will be rebuilt from the kernel maps and the audit log"
-                    );
-                    report.damage = Some(damage);
-                    create_fresh(&dir, &path)?
+                match outcome {
+                    Ok((db, repaired)) => {
+                        if repaired {
+                            tracing::warn!(
+                                path = %path.display(),
+                                "state store was not closed cleanly; redb repaired it and kept every committed change"
+                            );
+                        }
+                        report.repaired = repaired;
+                        db
+                    }
+                    Err(Failure::Fatal(e)) => return Err(e),
+                    Err(Failure::Damaged(reason)) => {
+                        let (from, reason) = if copied {
+                            (pristine, reason)
+                        } else {
+                            let note = format!("{reason}; redb may have changed the file while trying to repair it");
+                            (path.clone(), note)
+                        };
+                        let damage = move_aside(&dir, &from, &path, reason)?;
+                        tracing::error!(
+                            path = %damage.path.display(),
+                            moved_to = %damage.moved_to.display(),
+                            reason = %damage.reason,
+                            "STATE STORE DAMAGED: moved it aside and started an empty store; \
+                             state will be rebuilt from the kernel maps and the audit log"
+                        );
+                        report.damage = Some(damage);
+                        // Replaces the damaged file, which is kept elsewhere.
+                        create_fresh(&dir, &path)?
+                    }
                 }
-            },
+            }
         };
         Ok(Store {
             dir,
@@ -501,7 +533,7 @@ impl Store {
                     return Err(StoreError::Storage {
                         path: self.path.clone(),
                         action: "reopen the store after an i/o error".into(),
-                        source: redb::Error::Corrupted(reason),
+                        source: Box::new(redb::Error::Corrupted(reason)),
                     })
                 }
             };
@@ -513,15 +545,12 @@ impl Store {
 
     fn err(&self, action: &str, error: impl Into<redb::Error>) -> StoreError {
         let error = classify(&self.dir, &self.path, action, error.into());
-        if matches!(
-            &error,
-            StoreError::Full { .. }
-                | StoreError::Io { .. }
-                | StoreError::Storage {
-                    source: redb::Error::PreviousIo,
-                    ..
-                }
-        ) {
+        let closes_handle = match &error {
+            StoreError::Full { .. } | StoreError::Io { .. } => true,
+            StoreError::Storage { source, .. } => matches!(**source, redb::Error::PreviousIo),
+            _ => false,
+        };
+        if closes_handle {
             self.io_failed.store(true, Ordering::Release);
         }
         error
@@ -684,7 +713,9 @@ impl Tx<'_> {
             .ok_or_else(|| StoreError::Storage {
                 path: self.store.path.clone(),
                 action: action.into(),
-                source: redb::Error::Corrupted("the id counter is missing or malformed".into()),
+                source: Box::new(redb::Error::Corrupted(
+                    "the id counter is missing or malformed".into(),
+                )),
             })
     }
 
@@ -722,7 +753,7 @@ fn classify(dir: &Path, path: &Path, action: &str, error: redb::Error) -> StoreE
         source => StoreError::Storage {
             path: path.to_path_buf(),
             action: action.into(),
-            source,
+            source: Box::new(source),
         },
     }
 }
@@ -881,20 +912,21 @@ fn check_contents(dir: &Path, path: &Path, db: &Database) -> Result<(), Failure>
             max_id,
             "state store id counter was below a stored id; raising it"
         );
-        raise_counter(db, max_id.saturating_add(1)).map_err(|e| read("raise the id counter")(e))?;
+        raise_counter(dir, path, db, max_id.saturating_add(1)).map_err(Failure::Fatal)?;
     }
     Ok(())
 }
 
-fn raise_counter(db: &Database, next: u64) -> Result<(), redb::Error> {
-    let mut txn = db.begin_write()?;
+fn raise_counter(dir: &Path, path: &Path, db: &Database, next: u64) -> Result<(), StoreError> {
+    let err = |e: redb::Error| classify(dir, path, "raise the id counter", e);
+    let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
     txn.set_two_phase_commit(true);
     {
-        let mut meta = txn.open_table(META)?;
-        meta.insert(META_NEXT_ID, next.to_le_bytes().as_slice())?;
+        let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+        meta.insert(META_NEXT_ID, next.to_le_bytes().as_slice())
+            .map_err(|e| err(e.into()))?;
     }
-    txn.commit()?;
-    Ok(())
+    txn.commit().map_err(|e| err(e.into()))
 }
 
 /// Builds an empty store under a temporary name and renames it into place.
@@ -920,24 +952,28 @@ fn create_fresh(dir: &Path, path: &Path) -> Result<Database, StoreError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("remove a half-created store", e)),
     }
-    let built = (|| -> Result<(), redb::Error> {
-        let db = Database::builder().create(&tmp)?;
-        let mut txn = db.begin_write()?;
+    let err = |e: redb::Error| classify(dir, path, "create the state store", e);
+    let built = (|| -> Result<(), StoreError> {
+        let db = Database::builder()
+            .create(&tmp)
+            .map_err(|e| err(e.into()))?;
+        let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
         txn.set_durability(Durability::Immediate);
         txn.set_two_phase_commit(true);
         {
-            txn.open_table(REQUESTS)?;
-            txn.open_table(GRANTS)?;
-            let mut meta = txn.open_table(META)?;
-            meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION.to_le_bytes().as_slice())?;
-            meta.insert(META_NEXT_ID, 1u64.to_le_bytes().as_slice())?;
+            txn.open_table(REQUESTS).map_err(|e| err(e.into()))?;
+            txn.open_table(GRANTS).map_err(|e| err(e.into()))?;
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION.to_le_bytes().as_slice())
+                .map_err(|e| err(e.into()))?;
+            meta.insert(META_NEXT_ID, 1u64.to_le_bytes().as_slice())
+                .map_err(|e| err(e.into()))?;
         }
-        txn.commit()?;
-        Ok(())
+        txn.commit().map_err(|e| err(e.into()))
     })();
     if let Err(e) = built {
         let _ = std::fs::remove_file(&tmp);
-        return Err(classify(dir, path, "create the state store", e));
+        return Err(e);
     }
     std::fs::rename(&tmp, path).map_err(|e| io_err("move the new state store into place", e))?;
     fsutil::sync_dir(dir).map_err(|e| io_err("sync the state directory", e))?;
@@ -946,10 +982,17 @@ fn create_fresh(dir: &Path, path: &Path) -> Result<Database, StoreError> {
         .map_err(|e| classify(dir, path, "open the new state store", e.into()))
 }
 
-fn move_aside(dir: &Path, path: &Path, reason: String) -> Result<DamageReport, StoreError> {
+/// Renames `from` (the damaged store, or its pristine copy) to
+/// `state.redb.damaged-<timestamp>` next to `path`.
+fn move_aside(
+    dir: &Path,
+    from: &Path,
+    path: &Path,
+    reason: String,
+) -> Result<DamageReport, StoreError> {
     let detected_at = Utc::now();
     let to = fsutil::aside_path(path, "damaged", detected_at);
-    let moved = std::fs::rename(path, &to).and_then(|()| fsutil::sync_dir(dir));
+    let moved = std::fs::rename(from, &to).and_then(|()| fsutil::sync_dir(dir));
     if let Err(source) = moved {
         return Err(StoreError::MoveAside {
             path: path.to_path_buf(),
