@@ -174,7 +174,7 @@ impl Metrics {
 
 /// Something that refreshes kernel-derived metrics before a scrape.
 pub trait Refresh: Send + Sync + 'static {
-    fn refresh(&self) -> impl std::future::Future<Output = ()> + Send;
+    fn refresh(self: Arc<Self>) -> impl std::future::Future<Output = ()> + Send;
     fn metrics(&self) -> &Metrics;
 }
 
@@ -194,7 +194,7 @@ pub async fn serve_on<R: Refresh>(
         get(move || {
             let source = source.clone();
             async move {
-                source.refresh().await;
+                source.clone().refresh().await;
                 (
                     [(
                         header::CONTENT_TYPE,

@@ -28,7 +28,7 @@ pub struct Caller {
 /// What the server needs from the agent.
 pub trait Handler: Send + Sync + 'static {
     fn handle(
-        &self,
+        self: Arc<Self>,
         caller: Caller,
         request: ApiRequest,
     ) -> impl std::future::Future<Output = ApiResponse> + Send;
@@ -121,13 +121,13 @@ async fn connection<H: Handler>(mut stream: UnixStream, handler: Arc<H>) -> std:
             Err(e) => ApiResponse::err(ErrorKind::BadRequest, format!("malformed request: {e}")),
             Ok(ApiRequest::Watch) => {
                 // Authorise like any request: the handler refuses unknown uids.
-                let check = handler.handle(caller, ApiRequest::Status).await;
+                let check = handler.clone().handle(caller, ApiRequest::Status).await;
                 if !check.ok {
                     return reply(&mut stream, &check).await;
                 }
                 return watch(stream, handler).await;
             }
-            Ok(request) => handler.handle(caller, request).await,
+            Ok(request) => handler.clone().handle(caller, request).await,
         },
     };
     reply(&mut stream, &response).await?;
