@@ -1,0 +1,1 @@
+//! Tests of every transition and refusal.
