@@ -195,7 +195,10 @@ mod tests {
         let boot = c.boot_ns();
         c.jump_wall(chrono::Duration::hours(5));
         assert_eq!(shared.boot_ns(), boot);
-        assert_eq!(shared.wall(), DateTime::UNIX_EPOCH + chrono::Duration::hours(5));
+        assert_eq!(
+            shared.wall(),
+            DateTime::UNIX_EPOCH + chrono::Duration::hours(5)
+        );
         c.advance(Duration::from_secs(10));
         assert_eq!(shared.boot_ns(), boot + 10_000_000_000);
     }

@@ -340,7 +340,6 @@ impl Engine {
         id
     }
 
-
     fn event(
         now: Now,
         actor: Actor,
@@ -362,12 +361,38 @@ impl Engine {
         }
     }
 
-    fn request_event(r: &Request, now: Now, actor: Actor, reason: Option<String>, action: AuditAction) -> AuditEvent {
-        Self::event(now, actor, r.id, (&r.user, &r.role, &r.target), reason, action)
+    fn request_event(
+        r: &Request,
+        now: Now,
+        actor: Actor,
+        reason: Option<String>,
+        action: AuditAction,
+    ) -> AuditEvent {
+        Self::event(
+            now,
+            actor,
+            r.id,
+            (&r.user, &r.role, &r.target),
+            reason,
+            action,
+        )
     }
 
-    fn grant_event(g: &Grant, now: Now, actor: Actor, reason: Option<String>, action: AuditAction) -> AuditEvent {
-        Self::event(now, actor, g.id, (&g.user, &g.role, &g.target), reason, action)
+    fn grant_event(
+        g: &Grant,
+        now: Now,
+        actor: Actor,
+        reason: Option<String>,
+        action: AuditAction,
+    ) -> AuditEvent {
+        Self::event(
+            now,
+            actor,
+            g.id,
+            (&g.user, &g.role, &g.target),
+            reason,
+            action,
+        )
     }
 
     fn activated_event(g: &Grant, now: Now, actor: Actor) -> AuditEvent {
@@ -449,7 +474,11 @@ impl Engine {
     /// Refuses access that is already granted or requested.
     fn check_duplicates(&self, user: &str, target: &str, source: IpAddr) -> Result<(), Refusal> {
         for g in self.grants.values() {
-            if g.state == GrantState::Active && g.user == user && g.target == target && g.source == source {
+            if g.state == GrantState::Active
+                && g.user == user
+                && g.target == target
+                && g.source == source
+            {
                 return Err(Refusal::AlreadyGranted {
                     id: g.id,
                     user: g.user.clone(),
@@ -460,7 +489,11 @@ impl Engine {
             }
         }
         for r in self.requests.values() {
-            if r.state == RequestState::Pending && r.user == user && r.target == target && r.source == source {
+            if r.state == RequestState::Pending
+                && r.user == user
+                && r.target == target
+                && r.source == source
+            {
                 return Err(Refusal::AlreadyRequested {
                     id: r.id,
                     user: r.user.clone(),
@@ -472,7 +505,13 @@ impl Engine {
         Ok(())
     }
 
-    fn plan<'p>(role: &'p Role, req: &AccessRequest, reason: &Option<String>, now: Now, admin: bool) -> Result<Plan<'p>, Refusal> {
+    fn plan<'p>(
+        role: &'p Role,
+        req: &AccessRequest,
+        reason: &Option<String>,
+        now: Now,
+        admin: bool,
+    ) -> Result<Plan<'p>, Refusal> {
         let duration = req.duration.unwrap_or(role.default_duration);
         if duration.is_zero() {
             return Err(Refusal::DurationZero);
@@ -485,9 +524,15 @@ impl Engine {
             });
         }
         if role.reason_required && reason.is_none() {
-            return Err(Refusal::ReasonRequired { role: role.name.clone() });
+            return Err(Refusal::ReasonRequired {
+                role: role.name.clone(),
+            });
         }
-        if role.windows.open_until(now.wall, now.wall_after(duration)).is_none() {
+        if role
+            .windows
+            .open_until(now.wall, now.wall_after(duration))
+            .is_none()
+        {
             return Err(outside_window(role, now));
         }
         Ok(Plan {
@@ -559,7 +604,11 @@ impl Engine {
             role: role.name.clone(),
             target: target.name.clone(),
             source,
-            rules: target.rules.iter().map(|r| GrantRule::new(source, r)).collect(),
+            rules: target
+                .rules
+                .iter()
+                .map(|r| GrantRule::new(source, r))
+                .collect(),
             reason,
             origin,
             activated_wall: now.wall,
@@ -599,7 +648,10 @@ impl Engine {
             boot_id: self.clock.boot_id(),
             pending_until_boot_ns: now.boot_after(ttl),
             pending_until_wall: now.wall_after(ttl),
-            approver_roles: approval.as_ref().map(|a| a.approver_roles.clone()).unwrap_or_default(),
+            approver_roles: approval
+                .as_ref()
+                .map(|a| a.approver_roles.clone())
+                .unwrap_or_default(),
             approvals_needed: approval.as_ref().map_or(0, |a| a.approvals_needed),
             approvals: Vec::new(),
             state: RequestState::Pending,
@@ -655,7 +707,10 @@ impl Engine {
     }
 
     fn pending(&self, id: u64, now: Now) -> Result<&Request, Refusal> {
-        let r = self.requests.get(&id).ok_or(Refusal::NoSuchRequest { id })?;
+        let r = self
+            .requests
+            .get(&id)
+            .ok_or(Refusal::NoSuchRequest { id })?;
         if r.state != RequestState::Pending {
             return Err(Refusal::RequestNotPending { id, state: r.state });
         }
@@ -669,7 +724,10 @@ impl Engine {
     }
 
     /// Whether a stored request is still allowed by the policy in force.
-    fn recheck<'p>(policy: &'p Policy, r: &Request) -> Result<(&'p User, &'p Role, &'p Target), String> {
+    fn recheck<'p>(
+        policy: &'p Policy,
+        r: &Request,
+    ) -> Result<(&'p User, &'p Role, &'p Target), String> {
         let user = policy
             .user(&r.user)
             .ok_or_else(|| format!("user {} is no longer in the policy", r.user))?;
@@ -683,10 +741,16 @@ impl Engine {
             .target(&r.target)
             .ok_or_else(|| format!("target {} no longer exists", r.target))?;
         if !role.reaches(&r.target) {
-            return Err(format!("role {} no longer reaches target {}", r.role, r.target));
+            return Err(format!(
+                "role {} no longer reaches target {}",
+                r.role, r.target
+            ));
         }
         if !user.may_connect_from(r.source) {
-            return Err(format!("{} is no longer in {}'s source_prefixes", r.source, r.user));
+            return Err(format!(
+                "{} is no longer in {}'s source_prefixes",
+                r.source, r.user
+            ));
         }
         if r.duration > role.max_duration {
             return Err(format!(
@@ -704,7 +768,12 @@ impl Engine {
 
     /// An approver approves a pending request. The last approval needed
     /// activates it; the access window starts then.
-    pub fn approve(&mut self, id: u64, approver: &str, note: Option<String>) -> Result<Outcome<Approved>, Refusal> {
+    pub fn approve(
+        &mut self,
+        id: u64,
+        approver: &str,
+        note: Option<String>,
+    ) -> Result<Outcome<Approved>, Refusal> {
         let now = self.now();
         let policy = Arc::clone(&self.policy);
         let note = normalize_reason(note)?;
@@ -759,7 +828,11 @@ impl Engine {
         }
         let (user, role, target) =
             Self::recheck(&policy, &updated).map_err(|why| Refusal::NoLongerAllowed { id, why })?;
-        let approvers = updated.approvals.iter().map(|a| a.approver.clone()).collect();
+        let approvers = updated
+            .approvals
+            .iter()
+            .map(|a| a.approver.clone())
+            .collect();
         let grant = self
             .make_grant(
                 id,
@@ -775,7 +848,10 @@ impl Engine {
             .map_err(|_| Refusal::ApprovalOutsideWindow {
                 id,
                 role: role.name.clone(),
-                next_opening_local: role.windows.next_opening(now.wall).map(|(t, tz)| format_local(t, tz)),
+                next_opening_local: role
+                    .windows
+                    .next_opening(now.wall)
+                    .map(|(t, tz)| format_local(t, tz)),
             })?;
         updated.state = RequestState::Approved;
         updated.closed = Some(Closed {
@@ -792,13 +868,23 @@ impl Engine {
         })
     }
 
-    fn close_request(&mut self, id: u64, state: RequestState, by: Actor, reason: Option<String>, now: Now) -> (Request, AuditEvent) {
+    fn close_request(
+        &mut self,
+        id: u64,
+        state: RequestState,
+        by: Actor,
+        reason: Option<String>,
+        now: Now,
+    ) -> (Request, AuditEvent) {
         let action = match state {
             RequestState::Denied => AuditAction::Denied,
             RequestState::TimedOut => AuditAction::TimedOut,
             _ => AuditAction::Cancelled,
         };
-        let r = self.requests.get_mut(&id).expect("caller checked the request exists");
+        let r = self
+            .requests
+            .get_mut(&id)
+            .expect("caller checked the request exists");
         r.state = state;
         r.closed = Some(Closed {
             by: by.clone(),
@@ -811,7 +897,12 @@ impl Engine {
     }
 
     /// An approver (or admin) refuses a pending request.
-    pub fn deny(&mut self, id: u64, by: &str, reason: Option<String>) -> Result<Outcome<Request>, Refusal> {
+    pub fn deny(
+        &mut self,
+        id: u64,
+        by: &str,
+        reason: Option<String>,
+    ) -> Result<Outcome<Request>, Refusal> {
         let now = self.now();
         let reason = normalize_reason(reason)?;
         let policy = Arc::clone(&self.policy);
@@ -837,11 +928,19 @@ impl Engine {
     }
 
     /// The requester (or an admin) withdraws a pending request.
-    pub fn cancel(&mut self, id: u64, by: &str, reason: Option<String>) -> Result<Outcome<Request>, Refusal> {
+    pub fn cancel(
+        &mut self,
+        id: u64,
+        by: &str,
+        reason: Option<String>,
+    ) -> Result<Outcome<Request>, Refusal> {
         let now = self.now();
         let reason = normalize_reason(reason)?;
         let policy = Arc::clone(&self.policy);
-        let r = self.requests.get(&id).ok_or(Refusal::NoSuchRequest { id })?;
+        let r = self
+            .requests
+            .get(&id)
+            .ok_or(Refusal::NoSuchRequest { id })?;
         if r.state != RequestState::Pending {
             return Err(Refusal::RequestNotPending { id, state: r.state });
         }
@@ -914,13 +1013,23 @@ impl Engine {
         Ok(g)
     }
 
-    fn end_grant(&mut self, id: u64, state: GrantState, by: Actor, reason: Option<String>, now: Now) -> (Grant, AuditEvent) {
+    fn end_grant(
+        &mut self,
+        id: u64,
+        state: GrantState,
+        by: Actor,
+        reason: Option<String>,
+        now: Now,
+    ) -> (Grant, AuditEvent) {
         let action = match state {
             GrantState::Released => AuditAction::Released,
             GrantState::Expired => AuditAction::Expired,
             _ => AuditAction::Revoked,
         };
-        let g = self.grants.get_mut(&id).expect("caller checked the grant exists");
+        let g = self
+            .grants
+            .get_mut(&id)
+            .expect("caller checked the grant exists");
         g.state = state;
         g.ended = Some(Closed {
             by: by.clone(),
@@ -933,7 +1042,12 @@ impl Engine {
     }
 
     /// An admin ends a grant.
-    pub fn revoke(&mut self, id: u64, admin: &str, reason: Option<String>) -> Result<Outcome<Grant>, Refusal> {
+    pub fn revoke(
+        &mut self,
+        id: u64,
+        admin: &str,
+        reason: Option<String>,
+    ) -> Result<Outcome<Grant>, Refusal> {
         let now = self.now();
         let reason = normalize_reason(reason)?;
         let policy = Arc::clone(&self.policy);
@@ -977,7 +1091,13 @@ impl Engine {
     /// The holder (or an admin) makes a grant last `by` longer. The total,
     /// from activation, never exceeds the role's max_duration; the new end
     /// is cut at the close of the role's window.
-    pub fn extend(&mut self, id: u64, by_user: &str, by: Duration, reason: Option<String>) -> Result<Outcome<Grant>, Refusal> {
+    pub fn extend(
+        &mut self,
+        id: u64,
+        by_user: &str,
+        by: Duration,
+        reason: Option<String>,
+    ) -> Result<Outcome<Grant>, Refusal> {
         let now = self.now();
         let reason = normalize_reason(reason)?;
         let policy = Arc::clone(&self.policy);
@@ -995,7 +1115,9 @@ impl Engine {
         }
         let role = find_role(&policy, &g.role)?;
         if role.reason_required && reason.is_none() {
-            return Err(Refusal::ReasonRequired { role: role.name.clone() });
+            return Err(Refusal::ReasonRequired {
+                role: role.name.clone(),
+            });
         }
         let total = g.length.saturating_add(by);
         if total > role.max_duration {
@@ -1027,7 +1149,9 @@ impl Engine {
         let previous_expires_wall = g.expires_wall;
         let actor = Actor::User(user.name.clone());
         let g = self.grants.get_mut(&id).expect("checked above");
-        g.length = g.length.saturating_add(Duration::from_nanos(new_expiry - g.expires_boot_ns));
+        g.length = g
+            .length
+            .saturating_add(Duration::from_nanos(new_expiry - g.expires_boot_ns));
         g.expires_boot_ns = new_expiry;
         g.expires_wall = now.wall_after(from_now);
         g.cut_by_window = from_now < wanted_from_now;
@@ -1119,9 +1243,16 @@ impl Engine {
             Ok(x) => x,
             Err(why) => return Some(why),
         };
-        let rules: Vec<GrantRule> = target.rules.iter().map(|r| GrantRule::new(g.source, r)).collect();
+        let rules: Vec<GrantRule> = target
+            .rules
+            .iter()
+            .map(|r| GrantRule::new(g.source, r))
+            .collect();
         if rules != g.rules {
-            return Some(format!("target {}'s addresses, protocol or ports changed", g.target));
+            return Some(format!(
+                "target {}'s addresses, protocol or ports changed",
+                g.target
+            ));
         }
         if g.length > role.max_duration {
             return Some(format!(
@@ -1133,8 +1264,15 @@ impl Engine {
         }
         if !role.windows.is_always() {
             let end = now.wall_after(g.remaining_at(now.boot_ns));
-            if role.windows.open_until(now.wall, end).is_none_or(|open| open < end) {
-                return Some(format!("role {}'s time windows no longer cover the rest of the grant", role.name));
+            if role
+                .windows
+                .open_until(now.wall, end)
+                .is_none_or(|open| open < end)
+            {
+                return Some(format!(
+                    "role {}'s time windows no longer cover the rest of the grant",
+                    role.name
+                ));
             }
         }
         None
@@ -1161,7 +1299,10 @@ impl Engine {
             .map(|g| g.id)
             .collect();
         for id in active {
-            let why = self.grants.get(&id).and_then(|g| self.grant_disallowed(g, now));
+            let why = self
+                .grants
+                .get(&id)
+                .and_then(|g| self.grant_disallowed(g, now));
             if let Some(why) = why {
                 let reason = Some(format!("policy reload: {why}"));
                 let (g, e) = self.end_grant(id, GrantState::Revoked, Actor::System, reason, now);
@@ -1176,11 +1317,14 @@ impl Engine {
             .map(|r| r.id)
             .collect();
         for id in pending {
-            let Some(r) = self.requests.get(&id) else { continue };
+            let Some(r) = self.requests.get(&id) else {
+                continue;
+            };
             let (role, target) = match Self::recheck(&self.policy, r) {
                 Err(why) => {
                     let reason = Some(format!("policy reload: {why}"));
-                    let (r, e) = self.close_request(id, RequestState::Cancelled, Actor::System, reason, now);
+                    let (r, e) =
+                        self.close_request(id, RequestState::Cancelled, Actor::System, reason, now);
                     out.value.cancelled.push(r);
                     out.events.push(e);
                     continue;
@@ -1193,14 +1337,22 @@ impl Engine {
                     .user(&a.approver)
                     .is_some_and(|u| u.name != updated.user && self.policy.can_approve(u, &role))
             });
-            updated.approver_roles = role.approval.as_ref().map(|a| a.approver_roles.clone()).unwrap_or_default();
+            updated.approver_roles = role
+                .approval
+                .as_ref()
+                .map(|a| a.approver_roles.clone())
+                .unwrap_or_default();
             updated.approvals_needed = role.approval.as_ref().map_or(0, |a| a.approvals_needed);
             if updated.approvals_missing() == 0 {
                 let origin = if role.approval.is_none() {
                     Origin::NoApprovalNeeded
                 } else {
                     Origin::Approved {
-                        approvers: updated.approvals.iter().map(|a| a.approver.clone()).collect(),
+                        approvers: updated
+                            .approvals
+                            .iter()
+                            .map(|a| a.approver.clone())
+                            .collect(),
                     }
                 };
                 let made = self.make_grant(
@@ -1221,7 +1373,8 @@ impl Engine {
                         wall: now.wall,
                         reason: Some("policy reload: approvals suffice".to_owned()),
                     });
-                    out.events.push(Self::activated_event(&grant, now, Actor::System));
+                    out.events
+                        .push(Self::activated_event(&grant, now, Actor::System));
                     self.grants.insert(id, grant.clone());
                     out.value.activated.push(grant);
                 }
@@ -1262,12 +1415,16 @@ impl Engine {
 
     /// Pending requests.
     pub fn pending_requests(&self) -> impl Iterator<Item = &Request> {
-        self.requests.values().filter(|r| r.state == RequestState::Pending)
+        self.requests
+            .values()
+            .filter(|r| r.state == RequestState::Pending)
     }
 
     /// Active grants (including any whose expiry is yet to be processed).
     pub fn active_grants(&self) -> impl Iterator<Item = &Grant> {
-        self.grants.values().filter(|g| g.state == GrantState::Active)
+        self.grants
+            .values()
+            .filter(|g| g.state == GrantState::Active)
     }
 
     /// Requests and grants matching a filter.
@@ -1277,12 +1434,16 @@ impl Engine {
             requests: self
                 .requests
                 .values()
-                .filter(|r| mine(&r.user) && (filter.include_closed || r.state == RequestState::Pending))
+                .filter(|r| {
+                    mine(&r.user) && (filter.include_closed || r.state == RequestState::Pending)
+                })
                 .collect(),
             grants: self
                 .grants
                 .values()
-                .filter(|g| mine(&g.user) && (filter.include_closed || g.state == GrantState::Active))
+                .filter(|g| {
+                    mine(&g.user) && (filter.include_closed || g.state == GrantState::Active)
+                })
                 .collect(),
         }
     }
@@ -1310,7 +1471,8 @@ impl Engine {
             // A request that became a grant goes with its grant.
             let keep = r.state == RequestState::Pending
                 || !old(&r.closed)
-                || (r.state == RequestState::Approved && self.grants.get(id).is_some_and(|g| !old(&g.ended)));
+                || (r.state == RequestState::Approved
+                    && self.grants.get(id).is_some_and(|g| !old(&g.ended)));
             if !keep {
                 ids.push(*id);
             }

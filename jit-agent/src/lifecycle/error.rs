@@ -210,7 +210,9 @@ pub enum Refusal {
         approver_roles: Vec<String>,
     },
     /// A second approval from the same user.
-    #[error("{user} has already approved request #{id}; it needs {missing} more from other approvers")]
+    #[error(
+        "{user} has already approved request #{id}; it needs {missing} more from other approvers"
+    )]
     AlreadyApproved {
         /// The request.
         id: u64,
@@ -320,9 +322,11 @@ impl Refusal {
     pub fn kind(&self) -> RefusalKind {
         use Refusal::*;
         match self {
-            UnknownUser { .. } | UnknownTarget { .. } | UnknownRole { .. } | NoSuchRequest { .. } | NoSuchGrant { .. } => {
-                RefusalKind::NotFound
-            }
+            UnknownUser { .. }
+            | UnknownTarget { .. }
+            | UnknownRole { .. }
+            | NoSuchRequest { .. }
+            | NoSuchGrant { .. } => RefusalKind::NotFound,
             NotAdmin { .. }
             | RoleNotHeld { .. }
             | RoleDoesNotReach { .. }
@@ -347,14 +351,19 @@ impl Refusal {
             | GrantNotActive { .. }
             | GrantRanOut { .. }
             | AlreadyApproved { .. } => RefusalKind::Conflict,
-            OutsideWindow { .. } | ApprovalOutsideWindow { .. } | ExtendBlockedByWindow { .. } => RefusalKind::NotNow,
-            NoRoleFits { reasons, .. } => reasons.first().map_or(RefusalKind::Forbidden, |r| r.refusal.kind()),
+            OutsideWindow { .. } | ApprovalOutsideWindow { .. } | ExtendBlockedByWindow { .. } => {
+                RefusalKind::NotNow
+            }
+            NoRoleFits { reasons, .. } => reasons
+                .first()
+                .map_or(RefusalKind::Forbidden, |r| r.refusal.kind()),
         }
     }
 }
 
 fn did_you_mean(s: &Option<String>) -> String {
-    s.as_ref().map_or_else(String::new, |s| format!("; did you mean {s}?"))
+    s.as_ref()
+        .map_or_else(String::new, |s| format!("; did you mean {s}?"))
 }
 
 fn list_or_none(roles: &[String]) -> String {
@@ -369,7 +378,10 @@ fn nets(nets: &[IpNet]) -> String {
     if nets.is_empty() {
         return "none".to_owned();
     }
-    nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    nets.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn opening_text(local: &Option<String>) -> String {

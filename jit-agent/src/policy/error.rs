@@ -400,7 +400,9 @@ pub enum ErrorKind {
         host: String,
     },
     /// Two zones overlap, so an address would belong to two zones.
-    #[error("prefix {prefix} of zone `{zone}` overlaps prefix {other_prefix} of zone `{other_zone}`")]
+    #[error(
+        "prefix {prefix} of zone `{zone}` overlaps prefix {other_prefix} of zone `{other_zone}`"
+    )]
     ZonesOverlap {
         /// This zone.
         zone: String,
@@ -558,7 +560,7 @@ pub enum ErrorKind {
         key: String,
     },
     /// Fewer possible approvers than approvals needed.
-    #[error("role `{role}` needs {needed} distinct approvals but only {} can approve it{}", count_users(.approvers.len()), list_in_parens(.approvers))]
+    #[error("role `{role}` needs {} but {}", approvals(*.needed), who_can_approve(.approvers, ""))]
     NotEnoughApprovers {
         /// The role.
         role: String,
@@ -571,7 +573,7 @@ pub enum ErrorKind {
     },
     /// A holder of a role who could never collect enough approvals, because
     /// they cannot approve their own request.
-    #[error("user `{user}` holds role `{role}`, which needs {needed} approvals, but only {} other than them can approve it{}", count_users(.others.len()), list_in_parens(.others))]
+    #[error("user `{user}` holds role `{role}`, which needs {}, but {}", approvals(*.needed), who_can_approve(.others, "other "))]
     RequesterCannotBeApproved {
         /// The user.
         user: String,
@@ -682,19 +684,22 @@ impl fmt::Display for PortProblem {
     }
 }
 
-fn count_users(n: usize) -> String {
-    match n {
-        0 => "no user".to_owned(),
-        1 => "1 user".to_owned(),
-        n => format!("{n} users"),
+fn approvals(n: u32) -> String {
+    if n == 1 {
+        "1 approval".to_owned()
+    } else {
+        format!("{n} distinct approvals")
     }
 }
 
-fn list_in_parens(names: &[String]) -> String {
-    if names.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", names.join(", "))
+fn who_can_approve(names: &[String], other: &str) -> String {
+    match names.len() {
+        0 => format!("no {other}user can approve it"),
+        1 => format!("only 1 {other}user can approve it ({})", names[0]),
+        n => format!(
+            "only {n} {other}users can approve it ({})",
+            names.join(", ")
+        ),
     }
 }
 
@@ -1068,12 +1073,24 @@ pub(crate) fn suggest<'a>(
             break;
         }
         let clen = c.chars().count();
-        if clen.abs_diff(wlen) > limit {
-            continue;
-        }
-        let d = edit_distance(&word_lower, &c.to_lowercase());
-        if d <= limit && best.is_none_or(|(bd, _)| d < bd) {
-            best = Some((d, c));
+        let c_lower = c.to_lowercase();
+        // Scores are doubled so that a truncated or extended word (`sock`,
+        // `thurs`) ranks just below every real typo.
+        let typo = (clen.abs_diff(wlen) <= limit)
+            .then(|| edit_distance(&word_lower, &c_lower))
+            .filter(|d| *d <= limit);
+        let score = match typo {
+            Some(d) => 2 * d,
+            None if wlen >= 3
+                && clen >= 3
+                && (c_lower.starts_with(&word_lower) || word_lower.starts_with(&c_lower)) =>
+            {
+                2 * limit + 1
+            }
+            None => continue,
+        };
+        if best.is_none_or(|(bs, _)| score < bs) {
+            best = Some((score, c));
         }
     }
     best.map(|(_, c)| c.to_owned())
@@ -1120,6 +1137,14 @@ mod tests {
         );
         assert_eq!(suggest("target", keys).as_deref(), Some("targets"));
         assert_eq!(suggest("colour", keys), None);
+        assert_eq!(
+            suggest("sock", ["socket", "group"]).as_deref(),
+            Some("socket")
+        );
+        assert_eq!(
+            suggest("dba-lead", ["dba", "dba-leads"]).as_deref(),
+            Some("dba-leads")
+        );
     }
 
     #[test]

@@ -20,7 +20,9 @@ mod window;
 
 use std::path::{Path, PathBuf};
 
-pub use duration::{format_duration, parse_duration, serde_text as duration_serde, MAX_POLICY_DURATION};
+pub use duration::{
+    format_duration, parse_duration, serde_text as duration_serde, MAX_POLICY_DURATION,
+};
 pub use error::{ErrorKind, LineCol, Location, PolicyError, PolicyErrors, PortProblem};
 pub use model::{
     defaults, ApiSettings, Approval, AttachMode, GateSettings, GroupRef, Policy, PortRange,
@@ -34,7 +36,10 @@ use error::Diagnostics;
 
 /// The closest of `candidates` to `word`, if one is a plausible typo; for
 /// "did you mean" hints elsewhere in the agent.
-pub fn suggest_name<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn suggest_name<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     error::suggest(word, candidates)
 }
 use source::SourceFile;
@@ -80,16 +85,25 @@ impl Policy {
         Self::check(files, diags, &root)
     }
 
-    fn check(files: Vec<SourceFile>, mut diags: Diagnostics, root: &Path) -> Result<Policy, PolicyErrors> {
+    fn check(
+        files: Vec<SourceFile>,
+        mut diags: Diagnostics,
+        root: &Path,
+    ) -> Result<Policy, PolicyErrors> {
         if !diags.is_empty() {
-            return Err(diags.finish(&files, root).expect("diagnostics are not empty"));
+            return Err(diags
+                .finish(&files, root)
+                .expect("diagnostics are not empty"));
         }
-        let raws = files
+        let raws: Vec<Option<raw::RawFile>> = files
             .iter()
             .enumerate()
             .map(|(i, f)| raw::parse_file(i as u32, f, &mut diags))
             .collect();
-        let policy = validate::validate(&files, raws, &mut diags);
+        // With a file unreadable, every reference into it would be reported
+        // as undefined: show only the syntax errors.
+        let raws: Option<Vec<raw::RawFile>> = raws.into_iter().collect();
+        let policy = raws.and_then(|raws| validate::validate(&files, raws, &mut diags));
         match (diags.finish(&files, root), policy) {
             (None, Some(p)) => Ok(p),
             (Some(errors), _) => Err(errors),

@@ -478,7 +478,11 @@ impl Policy {
     }
 
     /// The user's roles that reach `target`, in the user's order.
-    pub fn roles_reaching<'a>(&'a self, user: &'a User, target: &'a str) -> impl Iterator<Item = &'a Role> + 'a {
+    pub fn roles_reaching<'a>(
+        &'a self,
+        user: &'a User,
+        target: &'a str,
+    ) -> impl Iterator<Item = &'a Role> + 'a {
         user.roles
             .iter()
             .filter_map(|r| self.roles.get(r))
@@ -499,7 +503,9 @@ impl Policy {
 
     /// Every user who may approve `role`, by name.
     pub fn approvers_of<'a>(&'a self, role: &'a Role) -> impl Iterator<Item = &'a User> + 'a {
-        self.users.values().filter(move |u| self.can_approve(u, role))
+        self.users
+            .values()
+            .filter(move |u| self.can_approve(u, role))
     }
 
     /// The files the policy was read from.

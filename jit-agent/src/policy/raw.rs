@@ -39,6 +39,10 @@ pub(crate) type List<T> = Sp<Vec<Sp<T>>>;
 /// One policy file's sections.
 #[derive(Debug, Default)]
 pub(crate) struct RawFile {
+    /// Keys that are present but unusable (wrong type) or misspelt (the
+    /// key an unknown one was taken for), so that validation does not also
+    /// call them missing.
+    pub broken: Vec<String>,
     pub gate: Option<RawGate>,
     pub zones: Vec<RawZone>,
     pub targets: Vec<RawTarget>,
@@ -48,6 +52,10 @@ pub(crate) struct RawFile {
 
 #[derive(Debug)]
 pub(crate) struct RawGate {
+    /// Keys that are present but unusable (wrong type) or misspelt (the
+    /// key an unknown one was taken for), so that validation does not also
+    /// call them missing.
+    pub broken: Vec<String>,
     /// The `gate` key.
     pub span: Span,
     pub interfaces: Option<List<String>>,
@@ -62,6 +70,10 @@ pub(crate) struct RawGate {
 
 #[derive(Debug)]
 pub(crate) struct RawApi {
+    /// Keys that are present but unusable (wrong type) or misspelt (the
+    /// key an unknown one was taken for), so that validation does not also
+    /// call them missing.
+    pub broken: Vec<String>,
     pub socket: Option<Sp<String>>,
     pub group: Option<Sp<Scalar>>,
     /// The mode, and the text it was written as (`0o660` or `660`).
@@ -70,6 +82,10 @@ pub(crate) struct RawApi {
 
 #[derive(Debug)]
 pub(crate) struct RawZone {
+    /// Keys that are present but unusable (wrong type) or misspelt (the
+    /// key an unknown one was taken for), so that validation does not also
+    /// call them missing.
+    pub broken: Vec<String>,
     pub name: Sp<String>,
     pub id: Option<Sp<i64>>,
     pub prefixes: Option<List<String>>,
@@ -77,6 +93,10 @@ pub(crate) struct RawZone {
 
 #[derive(Debug)]
 pub(crate) struct RawTarget {
+    /// Keys that are present but unusable (wrong type) or misspelt (the
+    /// key an unknown one was taken for), so that validation does not also
+    /// call them missing.
+    pub broken: Vec<String>,
     pub name: Sp<String>,
     pub zone: Option<Sp<String>>,
     pub prefixes: Option<List<String>>,
@@ -86,6 +106,10 @@ pub(crate) struct RawTarget {
 
 #[derive(Debug)]
 pub(crate) struct RawRole {
+    /// Keys that are present but unusable (wrong type) or misspelt (the
+    /// key an unknown one was taken for), so that validation does not also
+    /// call them missing.
+    pub broken: Vec<String>,
     pub name: Sp<String>,
     pub targets: Option<List<String>>,
     pub max_duration: Option<Sp<String>>,
@@ -97,6 +121,10 @@ pub(crate) struct RawRole {
 
 #[derive(Debug)]
 pub(crate) struct RawApproval {
+    /// Keys that are present but unusable (wrong type) or misspelt (the
+    /// key an unknown one was taken for), so that validation does not also
+    /// call them missing.
+    pub broken: Vec<String>,
     pub span: Span,
     pub required: Option<Sp<bool>>,
     pub approver_roles: Option<List<String>>,
@@ -105,6 +133,10 @@ pub(crate) struct RawApproval {
 
 #[derive(Debug)]
 pub(crate) struct RawWindow {
+    /// Keys that are present but unusable (wrong type) or misspelt (the
+    /// key an unknown one was taken for), so that validation does not also
+    /// call them missing.
+    pub broken: Vec<String>,
     pub span: Span,
     /// "window 2 of role `x`".
     pub context: String,
@@ -116,6 +148,10 @@ pub(crate) struct RawWindow {
 
 #[derive(Debug)]
 pub(crate) struct RawUser {
+    /// Keys that are present but unusable (wrong type) or misspelt (the
+    /// key an unknown one was taken for), so that validation does not also
+    /// call them missing.
+    pub broken: Vec<String>,
     pub name: Sp<String>,
     pub accounts: Option<List<Scalar>>,
     pub roles: Option<List<String>>,
@@ -148,13 +184,7 @@ const ROLE_KEYS: &[&str] = &[
 ];
 const APPROVAL_KEYS: &[&str] = &["required", "approver_roles", "approvals_needed"];
 const WINDOW_KEYS: &[&str] = &["days", "start", "end", "tz"];
-const USER_KEYS: &[&str] = &[
-    "accounts",
-    "roles",
-    "source_prefixes",
-    "admin",
-    "approver",
-];
+const USER_KEYS: &[&str] = &["accounts", "roles", "source_prefixes", "admin", "approver"];
 
 /// Longest list accepted for any key; specific keys have tighter limits in
 /// validation. Bounds the work a hostile file can cause.
@@ -162,7 +192,11 @@ const MAX_LIST: usize = 4096;
 
 /// Parses one file. A syntax error makes the whole file unreadable (TOML
 /// parsers cannot recover), so it yields one error and no sections.
-pub(crate) fn parse_file(index: u32, source: &SourceFile, diags: &mut Diagnostics) -> RawFile {
+pub(crate) fn parse_file(
+    index: u32,
+    source: &SourceFile,
+    diags: &mut Diagnostics,
+) -> Option<RawFile> {
     let doc = match ImDocument::parse(source.text.as_str()) {
         Ok(d) => d,
         Err(e) => {
@@ -176,21 +210,24 @@ pub(crate) fn parse_file(index: u32, source: &SourceFile, diags: &mut Diagnostic
                 .collect::<Vec<_>>()
                 .join("; ");
             diags.at(Span::new(index, e.span()), ErrorKind::Syntax { message });
-            return RawFile::default();
+            return None;
         }
     };
     let mut w = Walker {
         file: index,
         text: &source.text,
         diags,
+        broken: Vec::new(),
     };
-    w.file(doc.as_table())
+    Some(w.file(doc.as_table()))
 }
 
 struct Walker<'d> {
     file: u32,
     text: &'d str,
     diags: &'d mut Diagnostics,
+    /// A stack of broken keys; each table reader takes its own off the top.
+    broken: Vec<String>,
 }
 
 impl Walker<'_> {
@@ -211,6 +248,7 @@ impl Walker<'_> {
     }
 
     fn file(&mut self, top: &dyn TableLike) -> RawFile {
+        let mark = self.broken.len();
         self.unknown_keys(top, "the top level of the policy", TOP_KEYS);
         let mut raw = RawFile::default();
         if let Some((span, gate)) = self.table(top, "gate", "the policy", "[gate]") {
@@ -228,6 +266,7 @@ impl Walker<'_> {
         for (name, t) in self.named(top, "users") {
             raw.users.push(self.user(name, t));
         }
+        raw.broken = self.broken.split_off(mark);
         raw
     }
 
@@ -235,12 +274,16 @@ impl Walker<'_> {
         for (key, _) in t.iter() {
             if !known.contains(&key) {
                 let span = self.key_span(t, key);
+                let suggestion = suggest(key, known.iter().copied());
+                if let Some(s) = &suggestion {
+                    self.broken.push(s.clone());
+                }
                 self.diags.at(
                     span,
                     ErrorKind::UnknownKey {
                         key: key.to_owned(),
                         context: context.to_owned(),
-                        suggestion: suggest(key, known.iter().copied()),
+                        suggestion,
                         known: known.iter().map(|s| (*s).to_owned()).collect(),
                     },
                 );
@@ -257,6 +300,7 @@ impl Walker<'_> {
         found: &'static str,
         example: &str,
     ) {
+        self.broken.push(key.to_owned());
         self.diags.at(
             span,
             ErrorKind::WrongType {
@@ -387,14 +431,7 @@ impl Walker<'_> {
         match item.as_integer() {
             Some(i) => Some(Sp { value: i, span }),
             None => {
-                self.wrong_type(
-                    span,
-                    key,
-                    context,
-                    "an integer",
-                    item.type_name(),
-                    example,
-                );
+                self.wrong_type(span, key, context, "an integer", item.type_name(), example);
                 None
             }
         }
@@ -495,15 +532,9 @@ impl Walker<'_> {
         context: &str,
         example: &str,
     ) -> Option<List<String>> {
-        self.list(
-            t,
-            key,
-            context,
-            "a list of strings",
-            example,
-            false,
-            |v| v.as_str().map(str::to_owned),
-        )
+        self.list(t, key, context, "a list of strings", example, false, |v| {
+            v.as_str().map(str::to_owned)
+        })
     }
 
     /// A time of day: a string, or a TOML local time such as `08:00:00`.
@@ -547,11 +578,13 @@ impl Walker<'_> {
 
     fn gate(&mut self, span: Span, t: &dyn TableLike) -> RawGate {
         let c = "[gate]";
+        let mark = self.broken.len();
         self.unknown_keys(t, c, GATE_KEYS);
         let api = self
             .table(t, "api", c, "[gate.api]")
             .map(|(_, api)| self.api(api));
-        RawGate {
+        let mut gate = RawGate {
+            broken: Vec::new(),
             span,
             interfaces: self.string_list(t, "interfaces", c, "interfaces = [\"eth0\"]"),
             attach_mode: self.string(t, "attach_mode", c, "attach_mode = \"auto\""),
@@ -566,11 +599,14 @@ impl Walker<'_> {
             map_capacity: self.integer(t, "map_capacity", c, "map_capacity = 1048576"),
             pending_ttl: self.string(t, "pending_ttl", c, "pending_ttl = \"1h\""),
             api,
-        }
+        };
+        gate.broken = self.broken.split_off(mark);
+        gate
     }
 
     fn api(&mut self, t: &dyn TableLike) -> RawApi {
         let c = "[gate.api]";
+        let mark = self.broken.len();
         self.unknown_keys(t, c, API_KEYS);
         let mode = self
             .scalar(t, "mode", c, "an octal integer", "mode = 0o660")
@@ -587,33 +623,36 @@ impl Walker<'_> {
                     span: sp.span,
                 }
             });
-        RawApi {
+        let mut api = RawApi {
+            broken: Vec::new(),
             socket: self.string(t, "socket", c, "socket = \"/run/jitgate/api.sock\""),
-            group: self.scalar(
-                t,
-                "group",
-                c,
-                "a group name or gid",
-                "group = \"jitgate\"",
-            ),
+            group: self.scalar(t, "group", c, "a group name or gid", "group = \"jitgate\""),
             mode,
-        }
+        };
+        api.broken = self.broken.split_off(mark);
+        api
     }
 
     fn zone(&mut self, name: Sp<String>, t: &dyn TableLike) -> RawZone {
         let c = format!("zone `{}`", name.value);
+        let mark = self.broken.len();
         self.unknown_keys(t, &c, ZONE_KEYS);
-        RawZone {
+        let mut zone = RawZone {
+            broken: Vec::new(),
             id: self.integer(t, "id", &c, "id = 1"),
             prefixes: self.string_list(t, "prefixes", &c, "prefixes = [\"10.20.0.0/16\"]"),
             name,
-        }
+        };
+        zone.broken = self.broken.split_off(mark);
+        zone
     }
 
     fn target(&mut self, name: Sp<String>, t: &dyn TableLike) -> RawTarget {
         let c = format!("target `{}`", name.value);
+        let mark = self.broken.len();
         self.unknown_keys(t, &c, TARGET_KEYS);
-        RawTarget {
+        let mut target = RawTarget {
+            broken: Vec::new(),
             zone: self.string(t, "zone", &c, "zone = \"prod\""),
             prefixes: self.string_list(t, "prefixes", &c, "prefixes = [\"10.20.1.0/24\"]"),
             protocol: self.scalar(
@@ -633,11 +672,14 @@ impl Walker<'_> {
                 Self::scalar_of,
             ),
             name,
-        }
+        };
+        target.broken = self.broken.split_off(mark);
+        target
     }
 
     fn role(&mut self, name: Sp<String>, t: &dyn TableLike) -> RawRole {
         let c = format!("role `{}`", name.value);
+        let mark = self.broken.len();
         self.unknown_keys(t, &c, ROLE_KEYS);
         let approval = self
             .table(
@@ -648,7 +690,8 @@ impl Walker<'_> {
             )
             .map(|(span, a)| self.approval(&name.value, span, a));
         let windows = self.windows(&name.value, t);
-        RawRole {
+        let mut role = RawRole {
+            broken: Vec::new(),
             targets: self.string_list(t, "targets", &c, "targets = [\"db-prod\"]"),
             max_duration: self.string(t, "max_duration", &c, "max_duration = \"2h\""),
             default_duration: self.string(t, "default_duration", &c, "default_duration = \"1h\""),
@@ -656,13 +699,17 @@ impl Walker<'_> {
             approval,
             windows,
             name,
-        }
+        };
+        role.broken = self.broken.split_off(mark);
+        role
     }
 
     fn approval(&mut self, role: &str, span: Span, t: &dyn TableLike) -> RawApproval {
         let c = format!("the approval of role `{role}`");
+        let mark = self.broken.len();
         self.unknown_keys(t, &c, APPROVAL_KEYS);
-        RawApproval {
+        let mut approval = RawApproval {
+            broken: Vec::new(),
             span,
             required: self.boolean(t, "required", &c, "required = true"),
             approver_roles: self.string_list(
@@ -672,7 +719,9 @@ impl Walker<'_> {
                 "approver_roles = [\"leads\"]",
             ),
             approvals_needed: self.integer(t, "approvals_needed", &c, "approvals_needed = 1"),
-        }
+        };
+        approval.broken = self.broken.split_off(mark);
+        approval
     }
 
     /// `windows = [{...}]` or `[[roles.NAME.windows]]`.
@@ -737,23 +786,29 @@ impl Walker<'_> {
             .enumerate()
             .map(|(i, (span, w))| {
                 let c = format!("window {} of role `{role}`", i + 1);
+                let mark = self.broken.len();
                 self.unknown_keys(w, &c, WINDOW_KEYS);
-                RawWindow {
+                let mut window = RawWindow {
+                    broken: Vec::new(),
                     span,
                     days: self.string_list(w, "days", &c, "days = [\"mon\", \"tue\"]"),
                     start: self.time(w, "start", &c, "start = \"08:00\""),
                     end: self.time(w, "end", &c, "end = \"18:00\""),
                     tz: self.string(w, "tz", &c, "tz = \"Europe/Berlin\""),
                     context: c,
-                }
+                };
+                window.broken = self.broken.split_off(mark);
+                window
             })
             .collect()
     }
 
     fn user(&mut self, name: Sp<String>, t: &dyn TableLike) -> RawUser {
         let c = format!("user `{}`", name.value);
+        let mark = self.broken.len();
         self.unknown_keys(t, &c, USER_KEYS);
-        RawUser {
+        let mut user = RawUser {
+            broken: Vec::new(),
             accounts: self.list(
                 t,
                 "accounts",
@@ -773,6 +828,8 @@ impl Walker<'_> {
             admin: self.boolean(t, "admin", &c, "admin = true"),
             approver: self.boolean(t, "approver", &c, "approver = true"),
             name,
-        }
+        };
+        user.broken = self.broken.split_off(mark);
+        user
     }
 }

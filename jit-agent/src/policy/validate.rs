@@ -48,12 +48,14 @@ pub(crate) fn validate(
     let gate = match &merged.gate {
         Some(g) => v.gate(g),
         None => {
-            let path = files.first().map_or_else(PathBuf::new, |f| f.path.clone());
-            v.diags.on_path(&path, ErrorKind::NoGate);
+            if !merged.broken.iter().any(|k| k == "gate") {
+                let path = files.first().map_or_else(PathBuf::new, |f| f.path.clone());
+                v.diags.on_path(&path, ErrorKind::NoGate);
+            }
             None
         }
     };
-    if merged.zones.is_empty() {
+    if merged.zones.is_empty() && !merged.broken.iter().any(|k| k == "zones") {
         let path = files.first().map_or_else(PathBuf::new, |f| f.path.clone());
         v.diags.on_path(&path, ErrorKind::NoZones);
     }
@@ -96,11 +98,21 @@ pub(crate) fn validate(
     }
     Some(Policy {
         gate,
-        zone_index: index.entries.iter().map(|e| (e.v6, e.start, e.end, e.zone)).collect(),
+        zone_index: index
+            .entries
+            .iter()
+            .map(|e| (e.v6, e.start, e.end, e.zone))
+            .collect(),
         zones: zones.into_iter().map(|z| z.zone).collect(),
         targets,
-        roles: roles.into_iter().map(|r| (r.role.name.clone(), r.role)).collect(),
-        users: users.into_iter().map(|u| (u.user.name.clone(), u.user)).collect(),
+        roles: roles
+            .into_iter()
+            .map(|r| (r.role.name.clone(), r.role))
+            .collect(),
+        users: users
+            .into_iter()
+            .map(|u| (u.user.name.clone(), u.user))
+            .collect(),
         by_uid,
         by_login,
         sources: files.iter().map(|f| f.path.clone()).collect(),
@@ -111,6 +123,8 @@ pub(crate) fn validate(
 /// All files' sections, keyed by name. Names are global: the same name in
 /// two files is an error pointing at both.
 struct Merged {
+    /// Top-level keys present but broken, in any file.
+    broken: Vec<String>,
     gate: Option<RawGate>,
     zones: BTreeMap<String, RawZone>,
     targets: BTreeMap<String, RawTarget>,
@@ -153,6 +167,7 @@ fn merge(raws: Vec<RawFile>, diags: &mut Diagnostics) -> Merged {
     }
 
     let mut m = Merged {
+        broken: Vec::new(),
         gate: None,
         zones: BTreeMap::new(),
         targets: BTreeMap::new(),
@@ -160,6 +175,7 @@ fn merge(raws: Vec<RawFile>, diags: &mut Diagnostics) -> Merged {
         users: BTreeMap::new(),
     };
     for raw in raws {
+        m.broken.extend(raw.broken);
         if let Some(g) = raw.gate {
             match &m.gate {
                 Some(first) => diags.at_with(
@@ -199,8 +215,7 @@ fn valid_name(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && b[0].is_ascii_alphanumeric()
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
@@ -282,7 +297,9 @@ impl ZoneIndex {
     /// The zone prefix containing `net`, or failing that one it overlaps.
     fn find(&self, net: &IpNet) -> Result<&ZoneEntry, Option<&ZoneEntry>> {
         let (v6, start, end) = net_interval(net);
-        let i = self.entries.partition_point(|e| (e.v6, e.start) <= (v6, start));
+        let i = self
+            .entries
+            .partition_point(|e| (e.v6, e.start) <= (v6, start));
         if let Some(e) = i.checked_sub(1).map(|j| &self.entries[j]) {
             if e.v6 == v6 && e.start <= start && end <= e.end {
                 return Ok(e);
@@ -306,6 +323,17 @@ struct Validator<'d> {
 }
 
 impl Validator<'_> {
+    /// Reports a missing key, unless the key is there but broken (and has
+    /// its own error already).
+    fn missing(&mut self, broken: &[String], span: Span, kind: ErrorKind) {
+        if let ErrorKind::MissingKey { key, .. } = &kind {
+            if broken.contains(key) {
+                return;
+            }
+        }
+        self.diags.at(span, kind);
+    }
+
     fn undefined(
         &mut self,
         span: Span,
@@ -331,7 +359,12 @@ impl Validator<'_> {
     }
 
     /// Reports repeated entries of a list and returns the distinct ones.
-    fn distinct<'a>(&mut self, list: &'a List<String>, key: &str, context: &str) -> Vec<&'a Sp<String>> {
+    fn distinct<'a>(
+        &mut self,
+        list: &'a List<String>,
+        key: &str,
+        context: &str,
+    ) -> Vec<&'a Sp<String>> {
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
         for item in &list.value {
@@ -385,7 +418,13 @@ impl Validator<'_> {
         }
     }
 
-    fn absolute_path(&mut self, sp: Option<&Sp<String>>, key: &str, context: &str, default: &str) -> Option<PathBuf> {
+    fn absolute_path(
+        &mut self,
+        sp: Option<&Sp<String>>,
+        key: &str,
+        context: &str,
+        default: &str,
+    ) -> Option<PathBuf> {
         let Some(sp) = sp else {
             return Some(PathBuf::from(default));
         };
@@ -410,7 +449,8 @@ impl Validator<'_> {
         let mut interfaces = Vec::new();
         match &g.interfaces {
             None => {
-                self.diags.at(
+                self.missing(
+                    &g.broken,
                     g.span,
                     ErrorKind::MissingKey {
                         key: "interfaces".into(),
@@ -478,8 +518,10 @@ impl Validator<'_> {
                 }
             },
         };
-        let bpffs_dir = self.absolute_path(g.bpffs_dir.as_ref(), "bpffs_dir", c, defaults::BPFFS_DIR);
-        let state_dir = self.absolute_path(g.state_dir.as_ref(), "state_dir", c, defaults::STATE_DIR);
+        let bpffs_dir =
+            self.absolute_path(g.bpffs_dir.as_ref(), "bpffs_dir", c, defaults::BPFFS_DIR);
+        let state_dir =
+            self.absolute_path(g.state_dir.as_ref(), "state_dir", c, defaults::STATE_DIR);
         let metrics_listen = match &g.metrics_listen {
             None => defaults::METRICS_LISTEN.parse::<SocketAddr>().ok(),
             Some(sp) => match sp.value.trim().parse::<SocketAddr>() {
@@ -549,10 +591,14 @@ impl Validator<'_> {
             Some(sp) => {
                 let g = match &sp.value {
                     Scalar::Int(i) => uid_or_gid(*i).map(GroupRef::Gid),
-                    Scalar::Str(s) if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() => {
-                        s.parse::<i64>().ok().and_then(uid_or_gid).map(GroupRef::Gid)
-                    }
-                    Scalar::Str(s) => login_problem(s).is_none().then(|| GroupRef::Name(s.clone())),
+                    Scalar::Str(s) if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() => s
+                        .parse::<i64>()
+                        .ok()
+                        .and_then(uid_or_gid)
+                        .map(GroupRef::Gid),
+                    Scalar::Str(s) => login_problem(s)
+                        .is_none()
+                        .then(|| GroupRef::Name(s.clone())),
                 };
                 if g.is_none() {
                     self.diags.at(
@@ -636,7 +682,12 @@ impl Validator<'_> {
         }
     }
 
-    fn prefixes(&mut self, list: &List<String>, key: &str, context: &str) -> Option<Vec<(IpNet, Span)>> {
+    fn prefixes(
+        &mut self,
+        list: &List<String>,
+        key: &str,
+        context: &str,
+    ) -> Option<Vec<(IpNet, Span)>> {
         if !self.limit(list, key, context, 4096) {
             return None;
         }
@@ -656,7 +707,8 @@ impl Validator<'_> {
         if raw.len() > MAX_ZONES {
             let span = raw.values().nth(MAX_ZONES).map(|z| z.name.span);
             if let Some(span) = span {
-                self.diags.at(span, ErrorKind::TooManyZones { count: raw.len() });
+                self.diags
+                    .at(span, ErrorKind::TooManyZones { count: raw.len() });
             }
             return Vec::new();
         }
@@ -700,7 +752,8 @@ impl Validator<'_> {
             }
             let prefixes = match &z.prefixes {
                 None => {
-                    self.diags.at(
+                    self.missing(
+                        &z.broken,
                         z.name.span,
                         ErrorKind::MissingKey {
                             key: "prefixes".into(),
@@ -811,7 +864,7 @@ impl Validator<'_> {
                                 allowed: allowed
                                     .iter()
                                     .map(|s| (*s).to_owned())
-                                    .chain(["a number from 1 to 255".to_owned()])
+                                    .chain(["1-255".to_owned()])
                                     .collect(),
                                 suggestion: suggest(other, allowed),
                             },
@@ -865,12 +918,18 @@ impl Validator<'_> {
         ok.then(|| merge_ranges(ranges))
     }
 
-    fn target(&mut self, t: &RawTarget, zones: &[CheckedZone], index: &ZoneIndex) -> Option<Target> {
+    fn target(
+        &mut self,
+        t: &RawTarget,
+        zones: &[CheckedZone],
+        index: &ZoneIndex,
+    ) -> Option<Target> {
         let name = &t.name.value;
         let c = format!("target `{name}`");
         let protocol = match &t.protocol {
             None => {
-                self.diags.at(
+                self.missing(
+                    &t.broken,
                     t.name.span,
                     ErrorKind::MissingKey {
                         key: "protocol".into(),
@@ -905,7 +964,7 @@ impl Validator<'_> {
                 None
             }
             (Some(list), _) => self.ports(list, name),
-            (None, Some(p)) if p.has_ports() => {
+            (None, Some(p)) if p.has_ports() && !t.broken.iter().any(|k| k == "ports") => {
                 self.diags.at(
                     t.name.span,
                     ErrorKind::PortsRequired {
@@ -936,6 +995,9 @@ impl Validator<'_> {
         let mut dsts: Vec<(IpNet, ZoneId, Option<Span>)> = Vec::new();
         match (&t.prefixes, zone) {
             (None, None) => {
+                if t.broken.iter().any(|k| k == "zone" || k == "prefixes") {
+                    return None;
+                }
                 self.diags.at(
                     t.name.span,
                     ErrorKind::TargetWithoutDestination {
@@ -945,7 +1007,13 @@ impl Validator<'_> {
                 return None;
             }
             (None, Some(zi)) => {
-                dsts.extend(zones[zi].zone.prefixes.iter().map(|p| (*p, zones[zi].zone.id, None)));
+                dsts.extend(
+                    zones[zi]
+                        .zone
+                        .prefixes
+                        .iter()
+                        .map(|p| (*p, zones[zi].zone.id, None)),
+                );
             }
             (Some(list), _) if list.value.is_empty() => {
                 self.diags.at(
@@ -1027,7 +1095,11 @@ impl Validator<'_> {
                     ErrorKind::ProtocolFamilyMismatch {
                         target: name.clone(),
                         protocol: protocol.to_string(),
-                        family: if matches!(net, IpNet::V4(_)) { "IPv4" } else { "IPv6" },
+                        family: if matches!(net, IpNet::V4(_)) {
+                            "IPv4"
+                        } else {
+                            "IPv6"
+                        },
                         prefix: net.to_string(),
                     },
                 );
@@ -1040,13 +1112,19 @@ impl Validator<'_> {
         let all = dsts.len();
         dsts.retain(|(net, _, _)| protocol.applies_to(net));
         if dsts.is_empty() && all > 0 {
-            let zone_name = zone.map(|zi| zones[zi].zone.name.clone()).unwrap_or_default();
+            let zone_name = zone
+                .map(|zi| zones[zi].zone.name.clone())
+                .unwrap_or_default();
             self.diags.at(
                 t.zone.as_ref().map_or(t.name.span, |z| z.span),
                 ErrorKind::ProtocolFamilyMismatch {
                     target: name.clone(),
                     protocol: protocol.to_string(),
-                    family: if protocol == Protocol::Icmp { "IPv6" } else { "IPv4" },
+                    family: if protocol == Protocol::Icmp {
+                        "IPv6"
+                    } else {
+                        "IPv4"
+                    },
                     prefix: format!("of zone `{zone_name}`"),
                 },
             );
@@ -1111,7 +1189,8 @@ impl Validator<'_> {
         }
         let max = match &r.max_duration {
             None => {
-                self.diags.at(
+                self.missing(
+                    &r.broken,
                     r.name.span,
                     ErrorKind::MissingKey {
                         key: "max_duration".into(),
@@ -1275,7 +1354,7 @@ impl Validator<'_> {
         };
         let days = match &w.days {
             None => {
-                self.diags.at(w.span, missing("days", "days = [\"mon-fri\"]"));
+                self.missing(&w.broken, w.span, missing("days", "days = [\"mon-fri\"]"));
                 None
             }
             Some(list) if list.value.is_empty() => {
@@ -1316,7 +1395,7 @@ impl Validator<'_> {
                                     allowed: DAY_NAMES
                                         .iter()
                                         .map(|s| (*s).to_owned())
-                                        .chain(["a range such as mon-fri".to_owned()])
+                                        .chain(["mon-fri".to_owned()])
                                         .collect(),
                                     suggestion: suggest(&d.value, DAY_NAMES),
                                 },
@@ -1328,9 +1407,13 @@ impl Validator<'_> {
                 ok.then_some(set)
             }
         };
-        let time = |this: &mut Self, sp: &Option<Sp<String>>, key: &str, example: &str, may_be_24: bool| match sp {
+        let time = |this: &mut Self,
+                    sp: &Option<Sp<String>>,
+                    key: &str,
+                    example: &str,
+                    may_be_24: bool| match sp {
             None => {
-                this.diags.at(w.span, missing(key, example));
+                this.missing(&w.broken, w.span, missing(key, example));
                 None
             }
             Some(sp) => match TimeOfDay::parse(&sp.value) {
@@ -1364,7 +1447,7 @@ impl Validator<'_> {
         }
         let tz = match &w.tz {
             None => {
-                self.diags.at(w.span, missing("tz", "tz = \"Europe/Berlin\""));
+                self.missing(&w.broken, w.span, missing("tz", "tz = \"Europe/Berlin\""));
                 None
             }
             Some(sp) => match sp.value.parse::<Tz>() {
@@ -1375,7 +1458,9 @@ impl Validator<'_> {
                         .iter()
                         .find(|t| t.name().to_ascii_lowercase() == lower)
                         .map(|t| t.name().to_owned())
-                        .or_else(|| suggest(&sp.value, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name())));
+                        .or_else(|| {
+                            suggest(&sp.value, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()))
+                        });
                     self.diags.at(
                         sp.span,
                         ErrorKind::UnknownTimeZone {
@@ -1403,7 +1488,8 @@ impl Validator<'_> {
         let mut accounts = Vec::new();
         match &u.accounts {
             None => {
-                self.diags.at(
+                self.missing(
+                    &u.broken,
                     u.name.span,
                     ErrorKind::MissingKey {
                         key: "accounts".into(),
@@ -1428,13 +1514,18 @@ impl Validator<'_> {
                 ok &= self.limit(list, "accounts", &c, 64);
                 for sp in &list.value {
                     let parsed = match &sp.value {
-                        Scalar::Int(i) => uid_or_gid(*i).map(UnixAccount::Uid).ok_or("uids go from 0 to 4294967294"),
-                        Scalar::Str(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
-                            .parse::<i64>()
-                            .ok()
-                            .and_then(uid_or_gid)
+                        Scalar::Int(i) => uid_or_gid(*i)
                             .map(UnixAccount::Uid)
                             .ok_or("uids go from 0 to 4294967294"),
+                        Scalar::Str(s)
+                            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) =>
+                        {
+                            s.parse::<i64>()
+                                .ok()
+                                .and_then(uid_or_gid)
+                                .map(UnixAccount::Uid)
+                                .ok_or("uids go from 0 to 4294967294")
+                        }
                         Scalar::Str(s) => match login_problem(s) {
                             None => Ok(UnixAccount::Name(s.clone())),
                             Some(reason) => Err(reason),
@@ -1495,19 +1586,29 @@ impl Validator<'_> {
                 }
             },
         };
-        let roles_checked = u.roles.as_ref().is_some_and(|l| l.value.len() == user_roles.len());
-        if u.roles.as_ref().is_none_or(|l| l.value.is_empty()) && !admin {
+        let roles_checked = u
+            .roles
+            .as_ref()
+            .is_some_and(|l| l.value.len() == user_roles.len());
+        let roles_broken = u.broken.iter().any(|k| k == "roles");
+        if u.roles.as_ref().is_none_or(|l| l.value.is_empty()) && !admin && !roles_broken {
             self.diags.at(
                 u.roles.as_ref().map_or(u.name.span, |l| l.span),
                 ErrorKind::UserWithoutRoles { user: name.clone() },
             );
             ok = false;
         }
-        let reaches_something = user_roles
-            .iter()
-            .any(|r| roles.iter().any(|cr| cr.role.name == *r && !cr.role.targets.is_empty()));
-        if roles_checked && reaches_something && u.source_prefixes.is_none() {
-            self.diags.at(u.name.span, ErrorKind::NoSourcePrefixes { user: name.clone() });
+        let reaches_something = user_roles.iter().any(|r| {
+            roles
+                .iter()
+                .any(|cr| cr.role.name == *r && !cr.role.targets.is_empty())
+        });
+        let sources_broken = u.broken.iter().any(|k| k == "source_prefixes");
+        if roles_checked && reaches_something && u.source_prefixes.is_none() && !sources_broken {
+            self.diags.at(
+                u.name.span,
+                ErrorKind::NoSourcePrefixes { user: name.clone() },
+            );
             ok = false;
         }
         if !ok {
@@ -1559,7 +1660,12 @@ impl Validator<'_> {
             .collect();
         for r in roles {
             if r.role.targets.is_empty() && !approving.contains(r.role.name.as_str()) {
-                self.diags.at(r.name_span, ErrorKind::RoleGrantsNothing { role: r.role.name.clone() });
+                self.diags.at(
+                    r.name_span,
+                    ErrorKind::RoleGrantsNothing {
+                        role: r.role.name.clone(),
+                    },
+                );
             }
             let Some(a) = &r.role.approval else { continue };
             let approvers: Vec<&str> = users
@@ -1649,7 +1755,10 @@ fn interface_problem(name: &str) -> Option<&'static str> {
         Some("interface names are at most 15 bytes")
     } else if name == "." || name == ".." {
         Some("`.` and `..` are not interface names")
-    } else if name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control()) {
+    } else if name
+        .bytes()
+        .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control())
+    {
         Some("interface names cannot contain `/`, `:`, spaces or control characters")
     } else {
         None
@@ -1673,11 +1782,9 @@ fn parse_prefix(text: &str) -> Result<IpNet, PrefixProblem> {
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let len = match len {
         None => max,
-        Some(l) => l
-            .parse::<u8>()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or_else(|| PrefixProblem::Invalid(format!("the prefix length must be 0 to {max}")))?,
+        Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(|| {
+            PrefixProblem::Invalid(format!("the prefix length must be 0 to {max}"))
+        })?,
     };
     let net = IpNet::new(addr, len).map_err(|e| PrefixProblem::Invalid(e.to_string()))?;
     if net.trunc() != net {
@@ -1744,7 +1851,10 @@ mod tests {
     fn prefixes_parse_and_reject_host_bits() {
         assert_eq!(parse_prefix("10.0.0.0/8").ok(), "10.0.0.0/8".parse().ok());
         assert_eq!(parse_prefix("10.1.2.3").ok(), "10.1.2.3/32".parse().ok());
-        assert_eq!(parse_prefix("2001:db8::/32").ok(), "2001:db8::/32".parse().ok());
+        assert_eq!(
+            parse_prefix("2001:db8::/32").ok(),
+            "2001:db8::/32".parse().ok()
+        );
         match parse_prefix("10.0.0.1/24") {
             Err(PrefixProblem::HostBits { network, host }) => {
                 assert_eq!(network, "10.0.0.0/24");
@@ -1752,29 +1862,53 @@ mod tests {
             }
             _ => panic!("host bits not caught"),
         }
-        assert!(matches!(parse_prefix("10.0.0.0/33"), Err(PrefixProblem::Invalid(_))));
-        assert!(matches!(parse_prefix("10.0.0.300/8"), Err(PrefixProblem::Invalid(_))));
-        assert!(matches!(parse_prefix("db-prod"), Err(PrefixProblem::Invalid(_))));
+        assert!(matches!(
+            parse_prefix("10.0.0.0/33"),
+            Err(PrefixProblem::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_prefix("10.0.0.300/8"),
+            Err(PrefixProblem::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_prefix("db-prod"),
+            Err(PrefixProblem::Invalid(_))
+        ));
     }
 
     #[test]
     fn ports_parse_and_merge() {
         let p = |s: &str| parse_port_range(&Scalar::Str(s.into()));
         assert_eq!(p("22"), Ok(PortRange { start: 22, end: 22 }));
-        assert_eq!(p("8000-8100"), Ok(PortRange { start: 8000, end: 8100 }));
+        assert_eq!(
+            p("8000-8100"),
+            Ok(PortRange {
+                start: 8000,
+                end: 8100
+            })
+        );
         assert_eq!(p("8100-8000"), Err(PortProblem::Reversed));
         assert_eq!(p("0"), Err(PortProblem::Zero));
         assert_eq!(p("65536"), Err(PortProblem::TooLarge));
         assert_eq!(p("99999999999999999999999"), Err(PortProblem::TooLarge));
         assert_eq!(p("ssh"), Err(PortProblem::NotAPort));
-        assert_eq!(parse_port_range(&Scalar::Int(-1)), Err(PortProblem::NotAPort));
+        assert_eq!(
+            parse_port_range(&Scalar::Int(-1)),
+            Err(PortProblem::NotAPort)
+        );
         let merged = merge_ranges(vec![
             PortRange { start: 10, end: 20 },
             PortRange { start: 21, end: 30 },
             PortRange { start: 5, end: 5 },
             PortRange { start: 15, end: 16 },
         ]);
-        assert_eq!(merged, vec![PortRange { start: 5, end: 5 }, PortRange { start: 10, end: 30 }]);
+        assert_eq!(
+            merged,
+            vec![
+                PortRange { start: 5, end: 5 },
+                PortRange { start: 10, end: 30 }
+            ]
+        );
     }
 
     #[test]

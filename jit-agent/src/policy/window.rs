@@ -28,7 +28,10 @@ impl TimeOfDay {
     /// Parses `HH:MM` (or `HH:MM:00`), 24-hour, with `24:00` allowed.
     pub fn parse(text: &str) -> Option<TimeOfDay> {
         let text = text.trim();
-        let text = text.strip_suffix(":00").filter(|t| t.len() >= 4).unwrap_or(text);
+        let text = text
+            .strip_suffix(":00")
+            .filter(|t| t.len() >= 4)
+            .unwrap_or(text);
         let (h, m) = text.split_once(':')?;
         if h.is_empty() || h.len() > 2 || m.len() != 2 {
             return None;
@@ -335,15 +338,23 @@ mod tests {
         assert_eq!(TimeOfDay::parse("8:05"), Some(TimeOfDay(485)));
         assert_eq!(TimeOfDay::parse("08:00:00"), Some(TimeOfDay(480)));
         assert_eq!(TimeOfDay::parse("24:00"), Some(TimeOfDay::END_OF_DAY));
-        for bad in ["", "8", "08:0", "24:01", "25:00", "08:60", "-1:00", "08:00:30", "ab:cd"] {
+        for bad in [
+            "", "8", "08:0", "24:01", "25:00", "08:60", "-1:00", "08:00:30", "ab:cd",
+        ] {
             assert_eq!(TimeOfDay::parse(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn day_ranges() {
-        assert_eq!(Days::parse("mon-fri").unwrap().names(), ["mon", "tue", "wed", "thu", "fri"]);
-        assert_eq!(Days::parse("fri-mon").unwrap().names(), ["mon", "fri", "sat", "sun"]);
+        assert_eq!(
+            Days::parse("mon-fri").unwrap().names(),
+            ["mon", "tue", "wed", "thu", "fri"]
+        );
+        assert_eq!(
+            Days::parse("fri-mon").unwrap().names(),
+            ["mon", "fri", "sat", "sun"]
+        );
         assert_eq!(Days::parse("Sunday").unwrap().names(), ["sun"]);
         assert_eq!(Days::parse("mo"), None);
     }
@@ -355,13 +366,19 @@ mod tests {
         let at = utc("2025-01-06T09:00:00Z");
         let far = utc("2025-01-07T00:00:00Z");
         assert_eq!(s.open_until(at, far), Some(utc("2025-01-06T17:00:00Z")));
-        assert_eq!(s.open_until(at, utc("2025-01-06T10:00:00Z")), Some(utc("2025-01-06T10:00:00Z")));
+        assert_eq!(
+            s.open_until(at, utc("2025-01-06T10:00:00Z")),
+            Some(utc("2025-01-06T10:00:00Z"))
+        );
         // Saturday: closed, next opening Monday 08:00 CET.
         let sat = utc("2025-01-11T12:00:00Z");
         assert_eq!(s.open_until(sat, far), None);
         let (next, tz) = s.next_opening(sat).unwrap();
         assert_eq!(next, utc("2025-01-13T07:00:00Z"));
-        assert_eq!(format_local(next, tz), "2025-01-13 08:00 CET (Europe/Berlin)");
+        assert_eq!(
+            format_local(next, tz),
+            "2025-01-13 08:00 CET (Europe/Berlin)"
+        );
         // The end is exclusive.
         assert!(!s.contains(utc("2025-01-06T17:00:00Z")));
         assert!(s.contains(utc("2025-01-06T07:00:00Z")));
@@ -374,7 +391,10 @@ mod tests {
             window("sat", "06:00", "24:00", "UTC"),
         ]);
         let at = utc("2025-01-11T01:00:00Z"); // Saturday 01:00, inside Friday's window
-        assert_eq!(s.open_until(at, utc("2025-01-20T00:00:00Z")), Some(utc("2025-01-12T00:00:00Z")));
+        assert_eq!(
+            s.open_until(at, utc("2025-01-20T00:00:00Z")),
+            Some(utc("2025-01-12T00:00:00Z"))
+        );
     }
 
     #[test]
@@ -385,7 +405,10 @@ mod tests {
         let (next, _) = s.next_opening(utc("2025-03-29T12:00:00Z")).unwrap();
         assert_eq!(next, open);
         // 04:00 CEST is 02:00 UTC: the window lasts two hours, not three.
-        assert_eq!(s.open_until(open, utc("2025-04-01T00:00:00Z")), Some(utc("2025-03-30T02:00:00Z")));
+        assert_eq!(
+            s.open_until(open, utc("2025-04-01T00:00:00Z")),
+            Some(utc("2025-03-30T02:00:00Z"))
+        );
     }
 
     #[test]
@@ -403,7 +426,10 @@ mod tests {
         let open = utc("2025-10-25T23:00:00Z"); // 01:00 CEST
         assert!(s.contains(open));
         // 04:00 CET is 03:00 UTC: four hours.
-        assert_eq!(s.open_until(open, utc("2025-11-01T00:00:00Z")), Some(utc("2025-10-26T03:00:00Z")));
+        assert_eq!(
+            s.open_until(open, utc("2025-11-01T00:00:00Z")),
+            Some(utc("2025-10-26T03:00:00Z"))
+        );
     }
 
     #[test]
@@ -411,7 +437,10 @@ mod tests {
         let s = Schedule::new(vec![window("sun", "01:00", "02:30", "Europe/Berlin")]);
         let open = utc("2025-10-25T23:00:00Z");
         // The first 02:30 is CEST, 00:30 UTC.
-        assert_eq!(s.open_until(open, utc("2025-11-01T00:00:00Z")), Some(utc("2025-10-26T00:30:00Z")));
+        assert_eq!(
+            s.open_until(open, utc("2025-11-01T00:00:00Z")),
+            Some(utc("2025-10-26T00:30:00Z"))
+        );
     }
 
     #[test]
@@ -419,7 +448,10 @@ mod tests {
         let s = Schedule::default();
         let at = utc("2025-01-01T00:00:00Z");
         assert!(s.contains(at));
-        assert_eq!(s.open_until(at, utc("2025-01-02T00:00:00Z")), Some(utc("2025-01-02T00:00:00Z")));
+        assert_eq!(
+            s.open_until(at, utc("2025-01-02T00:00:00Z")),
+            Some(utc("2025-01-02T00:00:00Z"))
+        );
         assert_eq!(s.next_opening(at), None);
     }
 }
