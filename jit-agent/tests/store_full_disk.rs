@@ -6,8 +6,9 @@ use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
-use jit_agent::audit::{self, AuditError, AuditLog};
+use jit_agent::audit::{self, Anchor, AnchorSink as _, AuditError, AuditLog};
 use jit_agent::store::{Loaded, Store, StoreError};
 use serde_json::{json, Value};
 
@@ -206,4 +207,96 @@ fn a_full_disk_never_leaves_a_partial_audit_record() {
     let record = log.append(&json!({"type": "space_back"})).unwrap();
     assert_eq!(record.seq, appended + 1);
     assert_eq!(audit::verify(log.path()).unwrap().records, appended + 1);
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+#[test]
+fn a_torn_record_found_on_a_full_disk_is_left_in_place_until_there_is_room() {
+    let Some(fs) = Tmpfs::mount("1m") else {
+        return;
+    };
+    let dir = fs.path().join("state");
+    {
+        let log = AuditLog::open(&dir).unwrap();
+        log.append(&json!({"type": "started"})).unwrap();
+    }
+    let path = dir.join(audit::FILE_NAME);
+    let fragment = "{\"seq\":2,\"ti";
+    let intact = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{intact}{fragment}")).unwrap();
+    let filler = fill(fs.path());
+
+    // Keeping the fragment needs room; without it nothing is cut off.
+    let err = AuditLog::open(&dir).unwrap_err();
+    assert!(err.is_disk_full(), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("could not keep the torn audit record"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        format!("{intact}{fragment}")
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    let log = AuditLog::open(&dir).unwrap();
+    assert_eq!(
+        log.open_report().torn.as_ref().unwrap().recorded_as,
+        Some(2)
+    );
+    assert_eq!(audit::verify(log.path()).unwrap().records, 2);
+}
+
+#[test]
+fn an_event_about_the_log_that_finds_no_room_is_written_first_later() {
+    let Some(fs) = Tmpfs::mount("1m") else {
+        return;
+    };
+    let dir = fs.path().join("state");
+    let path = dir.join(audit::FILE_NAME);
+    {
+        let log = AuditLog::open(&dir).unwrap();
+        for n in 0..10 {
+            log.append(&json!({"n": n})).unwrap();
+        }
+        // End the log exactly on a page, so that the next append needs a
+        // page the full disk does not have.
+        let before = file_len(&path);
+        log.append(&json!({"pad": ""})).unwrap();
+        let line = file_len(&path) - before;
+        let pad = (4096 - (file_len(&path) + line) % 4096) % 4096;
+        log.append(&json!({"pad": "x".repeat(pad as usize)}))
+            .unwrap();
+        assert_eq!(file_len(&path) % 4096, 0);
+    }
+    let store = Arc::new(Store::open(&dir).unwrap());
+    let stale = Anchor {
+        seq: 500,
+        hash: "0".repeat(64),
+    };
+    store.put_meta(audit::ANCHOR_META_KEY, &stale).unwrap();
+    let filler = fill(fs.path());
+
+    // The agent starts anyway; the mismatch is reported and kept pending.
+    let log = AuditLog::open_with_anchor(&dir, Arc::clone(&store)).unwrap();
+    assert_eq!(log.open_report().anchor_mismatch, Some(stale));
+    assert_eq!(audit::verify(&path).unwrap().records, 12);
+    assert!(log
+        .append(&json!({"type": "still_full"}))
+        .unwrap_err()
+        .is_disk_full());
+    assert_eq!(audit::verify(&path).unwrap().records, 12);
+
+    std::fs::remove_file(filler).unwrap();
+    let record = log.append(&json!({"type": "space_back"})).unwrap();
+    assert_eq!(record.seq, 14);
+    let tail = log.tail(2).unwrap();
+    assert_eq!(tail[0].event["type"], audit::ANCHOR_MISMATCH_EVENT);
+    assert_eq!(tail[0].event["anchor_seq"], 500);
+    assert_eq!(tail[1].event["type"], "space_back");
+    audit::verify_with_anchor(&path, store.load_anchor().unwrap().as_ref()).unwrap();
 }

@@ -32,6 +32,7 @@ pub mod denied;
 mod error;
 mod verify;
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead as _, BufReader, Write as _};
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
@@ -125,8 +126,9 @@ pub struct TornRecovery {
     pub bytes: u64,
     /// Where they were moved.
     pub moved_to: PathBuf,
-    /// The seq of the `audit_recovered` record that says so.
-    pub recorded_as: u64,
+    /// The seq of the `audit_recovered` record that says so; `None` if it
+    /// could not be written yet (it is written before the next event).
+    pub recorded_as: Option<u64>,
 }
 
 /// What [`AuditLog::open`] found.
@@ -171,6 +173,9 @@ struct Writer {
     head: Option<Anchor>,
     /// A failed write could not be cut off again: recover before the next.
     needs_recovery: bool,
+    /// Events about the log itself (recovery, anchor mismatch) that could
+    /// not be written yet, say on a full disk; written before the next one.
+    pending: VecDeque<serde_json::Value>,
 }
 
 impl AuditLog {
@@ -220,6 +225,7 @@ impl AuditLog {
             prev: genesis_prev(),
             head: None,
             needs_recovery: false,
+            pending: VecDeque::new(),
         };
         let torn = recover(dir, &path, &mut writer)?;
         let mut log = AuditLog {
@@ -231,26 +237,36 @@ impl AuditLog {
             report: LogOpenReport::default(),
         };
         log.report.anchor_mismatch = log.check_anchor();
+        let mut writer = log.lock();
         if let Some(stale) = &log.report.anchor_mismatch {
-            let head = log.head();
-            log.append(&serde_json::json!({
+            let head = writer.head.clone();
+            writer.pending.push_back(serde_json::json!({
                 "type": ANCHOR_MISMATCH_EVENT,
                 "anchor_seq": stale.seq,
                 "anchor_hash": stale.hash,
                 "log_last_seq": head.as_ref().map_or(0, |h| h.seq),
                 "log_last_hash": head.map(|h| h.hash),
-            }))?;
+            }));
         }
+        if let Some((bytes, moved_to)) = &torn {
+            writer.pending.push_back(recovered_event(*bytes, moved_to));
+        }
+        // Failing to record these must not stop the agent from starting:
+        // they stay pending and go first into the next append.
+        let written = log.write_pending(&mut writer).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "could not record the audit log's own recovery yet");
+            Vec::new()
+        });
+        drop(writer);
         if let Some((bytes, moved_to)) = torn {
-            let record = log.append(&serde_json::json!({
-                "type": RECOVERED_EVENT,
-                "torn_bytes": bytes,
-                "moved_to": moved_to.display().to_string(),
-            }))?;
+            let recorded_as = written
+                .iter()
+                .find(|r| r.event["type"] == RECOVERED_EVENT)
+                .map(|r| r.seq);
             log.report.torn = Some(TornRecovery {
                 bytes,
                 moved_to,
-                recorded_as: record.seq,
+                recorded_as,
             });
         }
         Ok(log)
@@ -330,15 +346,20 @@ impl AuditLog {
             // The partial line is our own failed write; it is kept like any
             // torn record, and recorded before the new event.
             if let Some((bytes, moved_to)) = recover(&self.dir, &self.path, &mut writer)? {
-                let recovered = serde_json::json!({
-                    "type": RECOVERED_EVENT,
-                    "torn_bytes": bytes,
-                    "moved_to": moved_to.display().to_string(),
-                });
-                self.write_record(&mut writer, recovered)?;
+                writer.pending.push_back(recovered_event(bytes, &moved_to));
             }
         }
+        self.write_pending(&mut writer)?;
         self.write_record(&mut writer, value)
+    }
+
+    fn write_pending(&self, writer: &mut Writer) -> Result<Vec<AuditRecord>, AuditError> {
+        let mut written = Vec::new();
+        while let Some(event) = writer.pending.front().cloned() {
+            written.push(self.write_record(writer, event)?);
+            writer.pending.pop_front();
+        }
+        Ok(written)
     }
 
     fn write_record(
@@ -436,6 +457,14 @@ impl AuditLog {
     }
 }
 
+fn recovered_event(bytes: u64, moved_to: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "type": RECOVERED_EVENT,
+        "torn_bytes": bytes,
+        "moved_to": moved_to.display().to_string(),
+    })
+}
+
 fn io_error(dir: &Path, path: &Path, action: &str, source: io::Error) -> AuditError {
     if fsutil::is_disk_full(&source) {
         AuditError::Full {
@@ -524,10 +553,16 @@ fn recover(
                 .mode(0o640)
                 .open(&aside)
                 .map_err(io("keep the torn audit record"))?;
-            out.write_all(&fragment)
+            let kept = out
+                .write_all(&fragment)
                 .and_then(|()| out.sync_all())
-                .and_then(|()| fsutil::sync_dir(dir))
-                .map_err(io("keep the torn audit record"))?;
+                .and_then(|()| fsutil::sync_dir(dir));
+            if let Err(e) = kept {
+                // An empty or partial copy is no evidence; the fragment
+                // stays in the log until it can be kept whole.
+                let _ = std::fs::remove_file(&aside);
+                return Err(io("keep the torn audit record")(e));
+            }
             writer
                 .file
                 .set_len(complete)

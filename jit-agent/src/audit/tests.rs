@@ -175,7 +175,7 @@ fn a_torn_last_record_is_moved_aside_and_recorded() {
     let torn = log.open_report().torn.clone().unwrap();
     assert_eq!(torn.bytes, fragment.len() as u64);
     assert_eq!(std::fs::read(&torn.moved_to).unwrap(), fragment);
-    assert_eq!(torn.recorded_as, 3);
+    assert_eq!(torn.recorded_as, Some(3));
     let recovered = log.tail(1).unwrap().remove(0);
     assert_eq!(recovered.event["type"], RECOVERED_EVENT);
     assert_eq!(recovered.event["torn_bytes"], fragment.len());
@@ -190,7 +190,10 @@ fn a_log_that_is_only_a_fragment_restarts_at_genesis() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(FILE_NAME), b"{\"seq\":1,").unwrap();
     let log = AuditLog::open(dir.path()).unwrap();
-    assert_eq!(log.open_report().torn.as_ref().unwrap().recorded_as, 1);
+    assert_eq!(
+        log.open_report().torn.as_ref().unwrap().recorded_as,
+        Some(1)
+    );
     assert_eq!(verify(log.path()).unwrap().records, 1);
 }
 

@@ -200,60 +200,7 @@ impl Store {
                     source,
                 })
             }
-            Ok(_) => {
-                // redb's repair writes to the file, so keep its bytes as found
-                // in case it turns out to be damaged after all.
-                let pristine = dir.join(PRISTINE_FILE_NAME);
-                let copied = match std::fs::copy(&path, &pristine) {
-                    Ok(_) => true,
-                    Err(e) => {
-                        tracing::warn!(
-                            path = %path.display(),
-                            error = %e,
-                            "could not copy the state store before opening it; if it is damaged, \
-                             the file kept will be the one redb tried to repair"
-                        );
-                        let _ = std::fs::remove_file(&pristine);
-                        false
-                    }
-                };
-                let outcome = open_checked(&dir, &path);
-                if !matches!(outcome, Err(Failure::Damaged(_))) {
-                    let _ = std::fs::remove_file(&pristine);
-                }
-                match outcome {
-                    Ok((db, repaired)) => {
-                        if repaired {
-                            tracing::warn!(
-                                path = %path.display(),
-                                "state store was not closed cleanly; redb repaired it and kept every committed change"
-                            );
-                        }
-                        report.repaired = repaired;
-                        db
-                    }
-                    Err(Failure::Fatal(e)) => return Err(e),
-                    Err(Failure::Damaged(reason)) => {
-                        let (from, reason) = if copied {
-                            (pristine, reason)
-                        } else {
-                            let note = format!("{reason}; redb may have changed the file while trying to repair it");
-                            (path.clone(), note)
-                        };
-                        let damage = move_aside(&dir, &from, &path, reason)?;
-                        tracing::error!(
-                            path = %damage.path.display(),
-                            moved_to = %damage.moved_to.display(),
-                            reason = %damage.reason,
-                            "STATE STORE DAMAGED: moved it aside and started an empty store; \
-                             state will be rebuilt from the kernel maps and the audit log"
-                        );
-                        report.damage = Some(damage);
-                        // Replaces the damaged file, which is kept elsewhere.
-                        create_fresh(&dir, &path)?
-                    }
-                }
-            }
+            Ok(_) => open_existing(&dir, &path, &mut report)?,
         };
         Ok(Store {
             dir,
@@ -758,6 +705,64 @@ fn classify(dir: &Path, path: &Path, action: &str, error: redb::Error) -> StoreE
     }
 }
 
+/// Opens an existing store file, repairing it (redb) or replacing it when
+/// it is damaged; records which in `report`.
+fn open_existing(dir: &Path, path: &Path, report: &mut OpenReport) -> Result<Database, StoreError> {
+    // redb's repair writes to the file, so keep its bytes as found in case
+    // it turns out to be damaged after all.
+    let pristine = dir.join(PRISTINE_FILE_NAME);
+    let copied = match std::fs::copy(path, &pristine) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "could not copy the state store before opening it; if it is damaged, \
+                 the file kept will be the one redb tried to repair"
+            );
+            let _ = std::fs::remove_file(&pristine);
+            false
+        }
+    };
+    let outcome = open_checked(dir, path);
+    if !matches!(outcome, Err(Failure::Damaged(_))) {
+        let _ = std::fs::remove_file(&pristine);
+    }
+    match outcome {
+        Ok((db, repaired)) => {
+            if repaired {
+                tracing::warn!(
+                    path = %path.display(),
+                    "state store was not closed cleanly; redb repaired it and kept every committed change"
+                );
+            }
+            report.repaired = repaired;
+            Ok(db)
+        }
+        Err(Failure::Fatal(e)) => Err(e),
+        Err(Failure::Damaged(reason)) => {
+            let (from, reason) = if copied {
+                (pristine, reason)
+            } else {
+                let note =
+                    format!("{reason}; redb may have changed the file while trying to repair it");
+                (path.to_path_buf(), note)
+            };
+            let damage = move_aside(dir, &from, path, reason)?;
+            tracing::error!(
+                path = %damage.path.display(),
+                moved_to = %damage.moved_to.display(),
+                reason = %damage.reason,
+                "STATE STORE DAMAGED: moved it aside and started an empty store; \
+                 state will be rebuilt from the kernel maps and the audit log"
+            );
+            report.damage = Some(damage);
+            // Replaces the damaged file, which is kept elsewhere.
+            create_fresh(dir, path)
+        }
+    }
+}
+
 /// Decides whether a redb error while opening means "this file is damaged"
 /// or "this file cannot be used right now". Only the first moves the file
 /// aside: a permission problem or a full disk must not cost the operator
@@ -817,7 +822,7 @@ fn open_checked(dir: &Path, path: &Path) -> Result<(Database, bool), Failure> {
             .check_integrity()
             .map_err(|e| judge(dir, path, "check the store's integrity", e.into()))?;
         if !clean {
-            flag_repaired(&repaired);
+            repaired.store(true, Ordering::Relaxed);
         }
         check_contents(dir, path, &db)?;
         Ok(db)
@@ -836,10 +841,6 @@ fn open_checked(dir: &Path, path: &Path) -> Result<(Database, bool), Failure> {
             )))
         }
     }
-}
-
-fn flag_repaired(flag: &AtomicBool) {
-    flag.store(true, Ordering::Relaxed);
 }
 
 /// Checks the schema version and that every record is readable JSON, and
