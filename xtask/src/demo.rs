@@ -10,17 +10,8 @@ pub fn demo(args: &[String]) -> Result<ExitCode> {
     setup::setup()?;
     build::build()?;
     command::step("running the demo");
-    let mut demo = workspace::cargo();
-    demo.args([
-        "run",
-        "--release",
-        "-p",
-        "jit-tests",
-        "--bin",
-        "jit-demo",
-        "--",
-    ])
-    .args(args)
-    .env("JITGATE_BIN_DIR", workspace::release_dir()?);
+    let mut demo = build::built_binary("jit-tests", "jit-demo")?;
+    demo.args(args)
+        .env("JITGATE_BIN_DIR", workspace::release_dir()?);
     Ok(command::exit_code(command::status(&mut demo)?))
 }

@@ -52,7 +52,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run the benchmarks (the `jit-bench` binary of jit-tests).
+    /// Set up, build, then run the benchmarks (the `jit-bench` binary of jit-tests).
     Bench {
         /// Arguments for the benchmarks.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
