@@ -4,7 +4,10 @@
 //! Everything here needs root; `cargo xtask test` runs it as root after setting up
 //! the machine.
 
+pub mod agent;
 pub mod lab;
+pub mod model;
+pub mod packet;
 
 use std::path::PathBuf;
 

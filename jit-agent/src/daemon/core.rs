@@ -38,7 +38,7 @@ pub struct StoredGrant {
     pub slot: u32,
 }
 
-const NEXT_ID_META: &str = "next_id";
+const NEXT_ID_META: &str = "engine_next_id";
 /// Ended requests and grants stay listed (`jitctl list --history`) this
 /// long; the audit log keeps them for ever.
 const HISTORY_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
