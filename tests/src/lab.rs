@@ -192,11 +192,15 @@ pub struct Lab {
 }
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+/// Labs of one process are built one at a time: the first `ip netns add` sets up
+/// the /run/netns mount, and two doing that at once can stack mounts.
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 impl Lab {
     /// Builds a lab with fresh, unique namespace names. Needs root.
     pub fn new() -> Result<Lab> {
         require_root()?;
+        let _building = BUILD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         remove_stale_labs();
         let name = format!(
             "{NAME_PREFIX}{}-{}",
