@@ -918,8 +918,17 @@ impl ErrorKind {
 /// locations at the end.
 #[derive(Default)]
 pub(crate) struct Diagnostics {
-    items: Vec<(Option<Span>, Option<PathBuf>, ErrorKind, Option<Span>)>,
+    items: Vec<Unresolved>,
     dropped: usize,
+}
+
+/// An error whose position is still a byte span.
+struct Unresolved {
+    span: Option<Span>,
+    /// For errors about a whole file.
+    path: Option<PathBuf>,
+    kind: ErrorKind,
+    related: Option<Span>,
 }
 
 impl Diagnostics {
@@ -948,7 +957,12 @@ impl Diagnostics {
         if self.items.len() >= MAX_REPORTED_ERRORS {
             self.dropped += 1;
         } else {
-            self.items.push((span, path, kind, related));
+            self.items.push(Unresolved {
+                span,
+                path,
+                kind,
+                related,
+            });
         }
     }
 
@@ -969,31 +983,38 @@ impl Diagnostics {
         let mut errors: Vec<(usize, usize, PolicyError)> = self
             .items
             .into_iter()
-            .map(|(span, path, kind, related)| {
-                let order = span.map_or((0, 0), |s| (s.file as usize, s.start));
-                let (location, snippet) = match (span, path) {
-                    (Some(s), _) => locate(files, s),
-                    (None, Some(p)) => (Location { file: p, pos: None }, None),
-                    (None, None) => (
-                        Location {
-                            file: root.to_owned(),
-                            pos: None,
+            .map(
+                |Unresolved {
+                     span,
+                     path,
+                     kind,
+                     related,
+                 }| {
+                    let order = span.map_or((0, 0), |s| (s.file as usize, s.start));
+                    let (location, snippet) = match (span, path) {
+                        (Some(s), _) => locate(files, s),
+                        (None, Some(p)) => (Location { file: p, pos: None }, None),
+                        (None, None) => (
+                            Location {
+                                file: root.to_owned(),
+                                pos: None,
+                            },
+                            None,
+                        ),
+                    };
+                    let related = related.map(|r| locate(files, r).0);
+                    (
+                        order.0,
+                        order.1,
+                        PolicyError {
+                            location,
+                            kind,
+                            related,
+                            snippet,
                         },
-                        None,
-                    ),
-                };
-                let related = related.map(|r| locate(files, r).0);
-                (
-                    order.0,
-                    order.1,
-                    PolicyError {
-                        location,
-                        kind,
-                        related,
-                        snippet,
-                    },
-                )
-            })
+                    )
+                },
+            )
             .collect();
         // Stable sort: errors without a span (about whole files) come first,
         // the rest in file order, so the output reads top to bottom.

@@ -713,7 +713,9 @@ impl Validator<'_> {
             return Vec::new();
         }
         let mut explicit: BTreeMap<u8, (String, Span)> = BTreeMap::new();
-        let mut checked: Vec<(Option<u8>, &str, Vec<(IpNet, Span)>)> = Vec::new();
+        // Explicit id, name and prefixes of each zone that passed its checks.
+        type Draft<'a> = (Option<u8>, &'a str, Vec<(IpNet, Span)>);
+        let mut checked: Vec<Draft<'_>> = Vec::new();
         for z in raw.values() {
             let c = format!("zone `{}`", z.name.value);
             let mut id = None;
