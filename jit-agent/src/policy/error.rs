@@ -131,7 +131,7 @@ impl fmt::Display for PolicyError {
         let width = self
             .snippet
             .as_ref()
-            .map_or(0, |s| s.line.to_string().len());
+            .map_or(1, |s| s.line.to_string().len());
         let pad = " ".repeat(width);
         writeln!(f, "error: {}", self.kind)?;
         writeln!(f, "{pad}--> {}", self.location)?;
