@@ -11,7 +11,6 @@ use prometheus_client::{
         family::Family,
         gauge::Gauge,
         histogram::{exponential_buckets, Histogram},
-        info::Info,
     },
     registry::Registry,
 };
@@ -127,13 +126,15 @@ impl Metrics {
             "Policy reloads, by result",
             policy_reloads.clone(),
         );
-        registry.register(
-            "build",
-            "Build information",
-            Info::new(BuildLabels {
+        // A gauge fixed at 1 rather than an OpenMetrics info metric:
+        // Prometheus' text-format tools (promtool) do not know the info type.
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
-            }),
-        );
+            })
+            .set(1);
+        registry.register("build_info", "Build information, always 1", build);
         Metrics {
             registry,
             packets,
@@ -172,6 +173,34 @@ impl Metrics {
     }
 }
 
+/// Rewrites prometheus-client's OpenMetrics text into the classic Prometheus
+/// text format (0.0.4) for clients that did not ask for OpenMetrics, such as
+/// `curl` or `promtool check metrics`: counters' HELP and TYPE lines take
+/// the `_total` name of their samples, and OpenMetrics-only lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 /// Something that refreshes kernel-derived metrics before a scrape.
 pub trait Refresh: Send + Sync + 'static {
     fn refresh(self: Arc<Self>) -> impl std::future::Future<Output = ()> + Send;
@@ -188,22 +217,55 @@ pub async fn serve_on<R: Refresh>(
     listener: tokio::net::TcpListener,
     source: Arc<R>,
 ) -> std::io::Result<()> {
-    use axum::{http::header, routing::get, Router};
+    use axum::{
+        http::{header, HeaderMap},
+        routing::get,
+        Router,
+    };
     let app = Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: HeaderMap| {
             let source = source.clone();
             async move {
                 source.clone().refresh().await;
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    source.metrics().encode(),
-                )
+                let text = source.metrics().encode();
+                let wants_openmetrics = headers
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("application/openmetrics-text"));
+                if wants_openmetrics {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                } else {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        to_prometheus_text(&text),
+                    )
+                }
             }
         }),
     );
     axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counters_like_their_samples() {
+        let m = Metrics::new();
+        m.transition("expired");
+        let text = to_prometheus_text(&m.encode());
+        assert!(text.contains("# TYPE jitgate_grant_transitions_total counter"), "{text}");
+        assert!(text.contains("# HELP jitgate_grant_transitions_total "), "{text}");
+        assert!(text.contains("jitgate_grant_transitions_total{outcome=\"expired\"} 1"), "{text}");
+        assert!(text.contains("# TYPE jitgate_active_grants gauge"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+    }
 }

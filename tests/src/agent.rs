@@ -155,11 +155,22 @@ pub struct Agent {
     log: PathBuf,
     pin_dir: PathBuf,
     child: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
     /// Writes the policy and starts the agent; waits until it answers.
     pub fn start(lab: &Lab, scratch: &Path, policy_text: &str) -> Agent {
+        Self::start_with_env(lab, scratch, policy_text, &[])
+    }
+
+    /// As `start`, with extra environment variables for the agent.
+    pub fn start_with_env(
+        lab: &Lab,
+        scratch: &Path,
+        policy_text: &str,
+        env: &[(&str, &str)],
+    ) -> Agent {
         let policy = scratch.join("policy.toml");
         fs::write(&policy, policy_text).expect("writing the lab policy");
         let mut agent = Agent {
@@ -169,6 +180,7 @@ impl Agent {
             log: scratch.join("agent.log"),
             pin_dir: lab.bpffs_dir(),
             child: None,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         agent.spawn();
         agent
@@ -186,6 +198,7 @@ impl Agent {
             .args(["run", "--policy"])
             .arg(&self.policy)
             .env("RUST_LOG", std::env::var("JITGATE_AGENT_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -232,9 +245,40 @@ impl Agent {
         }
     }
 
+    /// SIGTERM, a clean stop: the gate stays pinned.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends a signal to the running agent.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(child) = self.child.as_ref() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+        }
+    }
+
+    pub fn policy_path(&self) -> &Path {
+        &self.policy
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
     /// Starts the agent again on the same policy and pins.
     pub fn restart(&mut self) {
         self.kill9();
+        self.spawn();
+    }
+
+    /// Starts the agent again after `stop` or `kill9`.
+    pub fn start_again(&mut self) {
         self.spawn();
     }
 

@@ -5,6 +5,7 @@
 //! the machine.
 
 pub mod agent;
+pub mod http;
 pub mod lab;
 pub mod model;
 pub mod packet;

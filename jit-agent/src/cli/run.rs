@@ -165,18 +165,20 @@ fn print_response(cli: &Cli, request: &ApiRequest, response: ApiResponse) -> u8 
             }
             Err(e) => eprintln!("jitctl: unexpected status from the agent: {e}"),
         },
-        ApiRequest::AuditTail { .. } | ApiRequest::PolicyShow | ApiRequest::AuditVerify => {
-            match &response.data {
-                serde_json::Value::String(text) => print!("{text}"),
-                serde_json::Value::Array(lines) => {
-                    for line in lines {
-                        println!("{line}");
+        ApiRequest::AuditVerify => {}
+        ApiRequest::AuditTail { .. } | ApiRequest::PolicyShow => match &response.data {
+            serde_json::Value::String(text) => print!("{text}"),
+            serde_json::Value::Array(lines) => {
+                for line in lines {
+                    match line.as_str() {
+                        Some(text) => println!("{text}"),
+                        None => println!("{line}"),
                     }
                 }
-                serde_json::Value::Null => {}
-                other => print_json(other),
             }
-        }
+            serde_json::Value::Null => {}
+            other => print_json(other),
+        },
         _ => {
             if let Ok(view) = serde_json::from_value::<AccessView>(response.data.clone()) {
                 print!("{}", render::detail(&view));

@@ -64,6 +64,7 @@ pub struct Shared {
     /// Woken whenever a deadline may have moved earlier.
     pub deadline_changed: Notify,
     denied_ring: Mutex<Option<aya::maps::RingBuf<aya::maps::MapData>>>,
+    bpf_logger: Mutex<Option<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     pub interfaces: Vec<String>,
 }
 
@@ -177,6 +178,7 @@ pub fn start(policy_path: &Path, debug_bpf: bool) -> anyhow::Result<Shared> {
         interfaces.push(format!("{} ({})", attached.iface, attached.mode));
     }
     let ring = core.gate.take_denied_events();
+    let logger = core.gate.take_logger();
     let metrics = Metrics::new();
     for (name, cap) in [
         ("grants", core.gate.capacity() as i64),
@@ -194,6 +196,7 @@ pub fn start(policy_path: &Path, debug_bpf: bool) -> anyhow::Result<Shared> {
         events,
         deadline_changed: Notify::new(),
         denied_ring: Mutex::new(ring),
+        bpf_logger: Mutex::new(logger),
         interfaces,
     };
     shared.subscribe_audit();
@@ -622,6 +625,10 @@ impl Shared {
 
     pub fn policy_snapshot(&self) -> Arc<Policy> {
         self.lock().policy.clone()
+    }
+
+    pub fn take_bpf_logger(&self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.bpf_logger.lock().ok()?.take()
     }
 
     pub fn take_denied_ring(&self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {

@@ -53,3 +53,21 @@ pub async fn read_loop(
         }
     }
 }
+
+/// Forwards the XDP program's aya-log records into the agent's log as they
+/// arrive (debug builds of the gate only).
+pub async fn flush_bpf_log(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+) -> std::io::Result<()> {
+    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd
+    // owns the logger.
+    let mut fd = match unsafe { AsyncFd::register(logger) } {
+        Ok(fd) => fd,
+        Err(e) => return Err(e.into()),
+    };
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}

@@ -73,6 +73,13 @@ async fn run_async(policy_path: &Path, debug_bpf: bool) -> anyhow::Result<()> {
         });
     }
     tokio::spawn(core::minute_loop(shared.clone()));
+    if let Some(logger) = shared.take_bpf_logger() {
+        tokio::spawn(async move {
+            if let Err(e) = denied::flush_bpf_log(logger).await {
+                error!("reading the XDP program's diagnostics stopped: {e}");
+            }
+        });
+    }
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;

@@ -48,7 +48,12 @@ pub fn grant_view(g: &Grant, request: Option<&Request>, traffic: Option<TrafficV
         user: g.user.clone(),
         target: g.target.clone(),
         source: g.source.to_string(),
-        rules: g.rules.iter().map(rule_text).collect(),
+        rules: g
+            .rules
+            .iter()
+            .filter(|r| r.dst.addr().is_ipv4() == g.source.is_ipv4())
+            .map(rule_text)
+            .collect(),
         duration_secs: g.length.as_secs(),
         created_at: request.map_or(g.activated_wall, |r| r.requested_wall),
         activated_at: Some(g.activated_wall),

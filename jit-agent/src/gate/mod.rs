@@ -108,7 +108,7 @@ pub struct Gate {
     links: Vec<(String, PinnedLink)>,
     /// Pinned maps were found and reused.
     pub adopted_maps: bool,
-    _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, GateError>
@@ -215,7 +215,7 @@ impl Gate {
             next_slot,
             links: Vec::new(),
             adopted_maps,
-            _logger: logger,
+            logger,
         })
     }
 
@@ -576,6 +576,12 @@ impl Gate {
             .get(&0, 0)
             .map_err(|e| GateError::map("reading the event rate state", e))?;
         Ok(values.iter().map(|r| r.suppressed as u64).sum())
+    }
+
+    /// Takes the program's aya-log reader (present only when loaded with
+    /// `debug_log`), for a task that flushes it into `log`/`tracing`.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
     }
 
     /// Takes the denied-attempt ring buffer (once) for an event reader.
