@@ -85,7 +85,11 @@ impl Metrics {
             bytes.clone(),
         );
         let active_grants = Gauge::default();
-        registry.register("active_grants", "Grants currently active", active_grants.clone());
+        registry.register(
+            "active_grants",
+            "Grants currently active",
+            active_grants.clone(),
+        );
         let pending_requests = Gauge::default();
         registry.register(
             "pending_requests",
@@ -111,9 +115,17 @@ impl Metrics {
             denied_suppressed.clone(),
         );
         let map_capacity = Family::<MapLabels, Gauge>::default();
-        registry.register("map_capacity", "Capacity of the gate's maps", map_capacity.clone());
+        registry.register(
+            "map_capacity",
+            "Capacity of the gate's maps",
+            map_capacity.clone(),
+        );
         let map_entries = Family::<MapLabels, Gauge>::default();
-        registry.register("map_entries", "Entries in use in the gate's maps", map_entries.clone());
+        registry.register(
+            "map_entries",
+            "Entries in use in the gate's maps",
+            map_entries.clone(),
+        );
         let expiry_lag = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         registry.register(
             "expiry_lag_seconds",
@@ -243,7 +255,10 @@ pub async fn serve_on<R: Refresh>(
                     )
                 } else {
                     (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
                         to_prometheus_text(&text),
                     )
                 }
@@ -262,10 +277,22 @@ mod tests {
         let m = Metrics::new();
         m.transition("expired");
         let text = to_prometheus_text(&m.encode());
-        assert!(text.contains("# TYPE jitgate_grant_transitions_total counter"), "{text}");
-        assert!(text.contains("# HELP jitgate_grant_transitions_total "), "{text}");
-        assert!(text.contains("jitgate_grant_transitions_total{outcome=\"expired\"} 1"), "{text}");
-        assert!(text.contains("# TYPE jitgate_active_grants gauge"), "{text}");
+        assert!(
+            text.contains("# TYPE jitgate_grant_transitions_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP jitgate_grant_transitions_total "),
+            "{text}"
+        );
+        assert!(
+            text.contains("jitgate_grant_transitions_total{outcome=\"expired\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE jitgate_active_grants gauge"),
+            "{text}"
+        );
         assert!(!text.contains("# EOF"), "{text}");
     }
 }

@@ -136,7 +136,11 @@ async fn connection<H: Handler>(mut stream: UnixStream, handler: Arc<H>) -> std:
 
 async fn watch<H: Handler>(mut stream: UnixStream, handler: Arc<H>) -> std::io::Result<()> {
     let mut events = handler.subscribe();
-    reply(&mut stream, &ApiResponse::ok("watching", serde_json::Value::Null)).await?;
+    reply(
+        &mut stream,
+        &ApiResponse::ok("watching", serde_json::Value::Null),
+    )
+    .await?;
     loop {
         match events.recv().await {
             Ok(event) => {

@@ -33,7 +33,13 @@ enum Command {
     /// Stop the agent first.
     Detach {
         /// Policy whose gate.bpffs_dir to clear.
-        #[arg(long, short, env = "JITGATE_POLICY", default_value = "/etc/jitgate", conflicts_with = "pin_dir")]
+        #[arg(
+            long,
+            short,
+            env = "JITGATE_POLICY",
+            default_value = "/etc/jitgate",
+            conflicts_with = "pin_dir"
+        )]
         policy: PathBuf,
         /// Clear this pin directory instead.
         #[arg(long)]
@@ -46,7 +52,9 @@ fn main() -> std::process::ExitCode {
     jit_agent::daemon::logging::init();
     let result = match cli.command {
         Command::Run { policy, debug_bpf } => jit_agent::daemon::run(&policy, debug_bpf),
-        Command::Detach { policy, pin_dir } => jit_agent::daemon::detach(&policy, pin_dir.as_deref()),
+        Command::Detach { policy, pin_dir } => {
+            jit_agent::daemon::detach(&policy, pin_dir.as_deref())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -29,7 +29,11 @@ pub fn policy_check(path: &Path) -> u8 {
 pub fn audit_verify(path: &Path) -> u8 {
     match crate::audit::verify(path) {
         Ok(report) => {
-            println!("{}: {} records, hash chain intact", path.display(), report.records);
+            println!(
+                "{}: {} records, hash chain intact",
+                path.display(),
+                report.records
+            );
             for torn in &report.torn_fragments {
                 println!("note: torn record kept aside in {}", torn.display());
             }

@@ -3,6 +3,6 @@
 
 pub mod args;
 pub mod exit;
-pub mod render;
 pub mod local;
+pub mod render;
 pub mod run;

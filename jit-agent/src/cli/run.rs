@@ -35,7 +35,12 @@ pub fn run(cli: Cli) -> u8 {
 fn run_local(command: &Command) -> u8 {
     match command {
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "jitctl", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "jitctl",
+                &mut std::io::stdout(),
+            );
             exit::OK
         }
         Command::Policy {
@@ -203,7 +208,10 @@ fn watch(cli: &Cli) -> u8 {
         if json {
             println!("{event}");
         } else {
-            let kind = event.get("event").and_then(|v| v.as_str()).unwrap_or("event");
+            let kind = event
+                .get("event")
+                .and_then(|v| v.as_str())
+                .unwrap_or("event");
             let time = event.get("time").and_then(|v| v.as_str()).unwrap_or("");
             let summary = event
                 .get("summary")

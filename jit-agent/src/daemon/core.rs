@@ -22,9 +22,7 @@ use crate::{
         AuditLog,
     },
     gate::{clock, Gate, GrantSpec},
-    lifecycle::{
-        AuditEvent, Engine, Grant, GrantState, Outcome, Records, Request, SystemClock,
-    },
+    lifecycle::{AuditEvent, Engine, Grant, GrantState, Outcome, Records, Request, SystemClock},
     metrics::{self, Metrics},
     policy::Policy,
     store::Store,
@@ -222,7 +220,12 @@ impl Core {
     }
 
     /// The end of a grant, with its traffic totals.
-    fn audit_end(&self, events: &[AuditEvent], grant: &Grant, stats: Option<jit_common::GrantStats>) {
+    fn audit_end(
+        &self,
+        events: &[AuditEvent],
+        grant: &Grant,
+        stats: Option<jit_common::GrantStats>,
+    ) {
         for event in events.iter().filter(|e| e.id == grant.id) {
             let mut v = serde_json::to_value(event).unwrap_or_default();
             if let (Some(obj), Some(s)) = (v.as_object_mut(), stats) {
@@ -339,11 +342,9 @@ impl Core {
             requests: loaded.requests.into_iter().map(|(_, r)| r).collect(),
             grants: loaded.grants.into_iter().map(|(_, g)| g.grant).collect(),
         };
-        match SystemClock::new()
-            .map_err(|e| e.to_string())
-            .and_then(|c| {
-                Engine::restore(self.policy.clone(), Arc::new(c), records).map_err(|e| e.to_string())
-            }) {
+        match SystemClock::new().map_err(|e| e.to_string()).and_then(|c| {
+            Engine::restore(self.policy.clone(), Arc::new(c), records).map_err(|e| e.to_string())
+        }) {
             Ok(engine) => self.engine = engine,
             Err(e) => error!("cannot rebuild the engine after a failed commit: {e}"),
         }
@@ -401,14 +402,20 @@ impl Core {
         Ok(())
     }
 
-    pub fn request(&mut self, req: crate::lifecycle::AccessRequest) -> Result<(String, serde_json::Value), OpError> {
+    pub fn request(
+        &mut self,
+        req: crate::lifecycle::AccessRequest,
+    ) -> Result<(String, serde_json::Value), OpError> {
         let out = self.engine.request(req)?;
         let message = out.value.to_string();
         match &out.value {
             crate::lifecycle::Requested::Pending(r) => {
                 self.persist_only(&[r.id])?;
                 self.record_events(&out.events);
-                Ok((message, serde_json::to_value(views::request_view(r)).unwrap_or_default()))
+                Ok((
+                    message,
+                    serde_json::to_value(views::request_view(r)).unwrap_or_default(),
+                ))
             }
             crate::lifecycle::Requested::Active(g) => {
                 let g = g.clone();
@@ -419,7 +426,12 @@ impl Core {
         }
     }
 
-    pub fn approve(&mut self, id: u64, approver: &str, note: Option<String>) -> Result<(String, serde_json::Value), OpError> {
+    pub fn approve(
+        &mut self,
+        id: u64,
+        approver: &str,
+        note: Option<String>,
+    ) -> Result<(String, serde_json::Value), OpError> {
         let out = self.engine.approve(id, approver, note)?;
         let message = out.value.to_string();
         match &out.value {
@@ -433,27 +445,57 @@ impl Core {
         Ok((message, self.view_of(id)))
     }
 
-    pub fn close_request(&mut self, out: Outcome<Request>, verb: &str) -> Result<(String, serde_json::Value), OpError> {
+    pub fn close_request(
+        &mut self,
+        out: Outcome<Request>,
+        verb: &str,
+    ) -> Result<(String, serde_json::Value), OpError> {
         self.persist_only(&[out.value.id])?;
         self.record_events(&out.events);
-        Ok((format!("request #{} {verb}", out.value.id), self.view_of(out.value.id)))
+        Ok((
+            format!("request #{} {verb}", out.value.id),
+            self.view_of(out.value.id),
+        ))
     }
 
-    pub fn grant(&mut self, admin: &str, req: crate::lifecycle::AccessRequest) -> Result<(String, serde_json::Value), OpError> {
+    pub fn grant(
+        &mut self,
+        admin: &str,
+        req: crate::lifecycle::AccessRequest,
+    ) -> Result<(String, serde_json::Value), OpError> {
         let out = self.engine.grant(admin, req)?;
         let g = out.value.clone();
         self.open_grant(&g)?;
         self.record_events(&out.events);
-        Ok((format!("grant #{} is active until {} ({})", g.id, g.expires_wall.format("%Y-%m-%d %H:%M:%S UTC"), crate::policy::format_duration(g.length)), self.view_of(g.id)))
+        Ok((
+            format!(
+                "grant #{} is active until {} ({})",
+                g.id,
+                g.expires_wall.format("%Y-%m-%d %H:%M:%S UTC"),
+                crate::policy::format_duration(g.length)
+            ),
+            self.view_of(g.id),
+        ))
     }
 
-    pub fn end(&mut self, out: Outcome<Grant>, verb: &str) -> Result<(String, serde_json::Value), OpError> {
+    pub fn end(
+        &mut self,
+        out: Outcome<Grant>,
+        verb: &str,
+    ) -> Result<(String, serde_json::Value), OpError> {
         let g = out.value.clone();
         let stats = self.close_grant(&g)?;
         self.audit_end(&out.events, &g, stats);
-        let mut view = views::grant_view(&g, self.engine.request_by_id(g.id), stats.map(|s| self.traffic(&s)));
+        let mut view = views::grant_view(
+            &g,
+            self.engine.request_by_id(g.id),
+            stats.map(|s| self.traffic(&s)),
+        );
         view.state = g.state.to_string();
-        Ok((format!("grant #{} {verb}", g.id), serde_json::to_value(view).unwrap_or_default()))
+        Ok((
+            format!("grant #{} {verb}", g.id),
+            serde_json::to_value(view).unwrap_or_default(),
+        ))
     }
 
     pub fn extend(&mut self, out: Outcome<Grant>) -> Result<(String, serde_json::Value), OpError> {
@@ -462,12 +504,19 @@ impl Core {
         self.persist_only(&[g.id])?;
         if let Some(slot) = self.slots.get(&g.id).copied() {
             if let Err(e) = self.gate.set_expiry(slot, g.expires_boot_ns) {
-                error!(grant = g.id, "updating the kernel expiry of #{} failed: {e}", g.id);
+                error!(
+                    grant = g.id,
+                    "updating the kernel expiry of #{} failed: {e}", g.id
+                );
             }
         }
         self.record_events(&out.events);
         Ok((
-            format!("grant #{} now ends {}", g.id, g.expires_wall.format("%Y-%m-%d %H:%M:%S UTC")),
+            format!(
+                "grant #{} now ends {}",
+                g.id,
+                g.expires_wall.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
             self.view_of(g.id),
         ))
     }
@@ -544,7 +593,9 @@ impl Core {
                 self.record(&serde_json::json!({
                     "event": "policy_reload_refused", "trigger": trigger, "errors": text,
                 }));
-                return Err(format!("the new policy is invalid; the running policy stays in force:\n{text}"));
+                return Err(format!(
+                    "the new policy is invalid; the running policy stays in force:\n{text}"
+                ));
             }
         };
         if policy.gate().interfaces != self.policy.gate().interfaces
@@ -638,7 +689,12 @@ impl Shared {
     fn subscribe_audit(&self) {
         let tx = self.events.clone();
         self.lock().audit.subscribe(move |record| {
-            let event = record.event.get("event").and_then(|e| e.as_str()).unwrap_or("event").to_owned();
+            let event = record
+                .event
+                .get("event")
+                .and_then(|e| e.as_str())
+                .unwrap_or("event")
+                .to_owned();
             let summary = summarize(&record.event);
             let _ = tx.send(serde_json::json!({
                 "seq": record.seq,
@@ -691,16 +747,34 @@ impl Shared {
 
     /// Refreshes the gauges after any change.
     pub fn refresh_counts(&self, core: &Core) {
-        self.metrics.active_grants.set(core.engine.active_grants().count() as i64);
-        self.metrics.pending_requests.set(core.engine.pending_requests().count() as i64);
+        self.metrics
+            .active_grants
+            .set(core.engine.active_grants().count() as i64);
+        self.metrics
+            .pending_requests
+            .set(core.engine.pending_requests().count() as i64);
     }
 }
 
 fn summarize(event: &serde_json::Value) -> String {
-    let get = |k: &str| event.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-    let id = event.get("id").and_then(|v| v.as_u64()).map(|i| format!("#{i} ")).unwrap_or_default();
+    let get = |k: &str| {
+        event
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let id = event
+        .get("id")
+        .and_then(|v| v.as_u64())
+        .map(|i| format!("#{i} "))
+        .unwrap_or_default();
     let actor = match event.get("actor") {
-        Some(serde_json::Value::Object(o)) => o.get("user").and_then(|u| u.as_str()).unwrap_or("").to_owned(),
+        Some(serde_json::Value::Object(o)) => o
+            .get("user")
+            .and_then(|u| u.as_str())
+            .unwrap_or("")
+            .to_owned(),
         Some(serde_json::Value::String(s)) if s == "system" => "jitgate".into(),
         _ => String::new(),
     };
@@ -709,7 +783,11 @@ fn summarize(event: &serde_json::Value) -> String {
     if target.is_empty() {
         return event.to_string();
     }
-    let by = if actor.is_empty() || actor == user { String::new() } else { format!(" by {actor}") };
+    let by = if actor.is_empty() || actor == user {
+        String::new()
+    } else {
+        format!(" by {actor}")
+    };
     format!("{id}{user} → {target}{by}")
 }
 
@@ -766,9 +844,9 @@ pub async fn minute_loop(shared: Arc<Shared>) {
 /// single-address source prefix.
 pub fn pick_source(user: &crate::policy::User, given: Option<&str>) -> Result<IpAddr, String> {
     if let Some(text) = given {
-        return text
-            .parse()
-            .map_err(|_| format!("`{text}` is not an IP address (use --from 10.1.0.5 or --from 2001:db8::5)"));
+        return text.parse().map_err(|_| {
+            format!("`{text}` is not an IP address (use --from 10.1.0.5 or --from 2001:db8::5)")
+        });
     }
     let singles: Vec<IpAddr> = user
         .source_prefixes
@@ -780,11 +858,18 @@ pub fn pick_source(user: &crate::policy::User, given: Option<&str>) -> Result<Ip
         [one] => Ok(*one),
         [] => Err(format!(
             "say which address the access is for with --from (your source prefixes: {})",
-            user.source_prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            user.source_prefixes
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
         many => Err(format!(
             "you have several source addresses ({}); pick one with --from",
-            many.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }

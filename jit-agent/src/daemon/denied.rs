@@ -1,6 +1,5 @@
 //! Reads denied attempts from the kernel's ring buffer.
 
-
 use aya::maps::{MapData, RingBuf};
 use jit_common::DeniedEvent;
 use tokio::io::unix::AsyncFd;

@@ -17,19 +17,13 @@ use crate::{
 };
 
 impl Handler for Shared {
-    fn handle(
-        self: Arc<Self>,
-        caller: Caller,
-        request: ApiRequest,
-    ) -> impl std::future::Future<Output = ApiResponse> + Send {
+    async fn handle(self: Arc<Self>, caller: Caller, request: ApiRequest) -> ApiResponse {
         // Store commits fsync and map updates are syscalls: off the runtime.
-        async move {
-            tokio::task::spawn_blocking(move || self.dispatch(caller, request))
-                .await
-                .unwrap_or_else(|e| {
-                    ApiResponse::err(ErrorKind::Internal, format!("the operation panicked: {e}"))
-                })
-        }
+        tokio::task::spawn_blocking(move || self.dispatch(caller, request))
+            .await
+            .unwrap_or_else(|e| {
+                ApiResponse::err(ErrorKind::Internal, format!("the operation panicked: {e}"))
+            })
     }
 
     fn subscribe(&self) -> broadcast::Receiver<serde_json::Value> {
@@ -59,9 +53,11 @@ fn bad(message: impl Into<String>) -> ApiResponse {
 fn parse_dur(text: Option<&str>) -> Result<Option<std::time::Duration>, ApiResponse> {
     match text {
         None => Ok(None),
-        Some(t) => parse_duration(t)
-            .map(Some)
-            .map_err(|e| bad(format!("invalid duration `{t}`: {e} (use e.g. 30m, 2h, 1h30m)"))),
+        Some(t) => parse_duration(t).map(Some).map_err(|e| {
+            bad(format!(
+                "invalid duration `{t}`: {e} (use e.g. 30m, 2h, 1h30m)"
+            ))
+        }),
     }
 }
 
@@ -129,7 +125,9 @@ impl Shared {
                     reason,
                 });
                 let outcome = match &result {
-                    Ok((_, v)) if v.get("state").and_then(|s| s.as_str()) == Some("pending") => "requested",
+                    Ok((_, v)) if v.get("state").and_then(|s| s.as_str()) == Some("pending") => {
+                        "requested"
+                    }
                     _ => "activated",
                 };
                 done(result, outcome)
@@ -171,7 +169,10 @@ impl Shared {
                 }
                 let policy = self.policy_snapshot();
                 let Some(holder_user) = policy.user(&holder) else {
-                    return ApiResponse::err(ErrorKind::NotFound, format!("`{holder}` is not a user in the policy"));
+                    return ApiResponse::err(
+                        ErrorKind::NotFound,
+                        format!("`{holder}` is not a user in the policy"),
+                    );
                 };
                 let source = match pick_source(holder_user, source.as_deref()) {
                     Ok(s) => s,
@@ -259,19 +260,26 @@ impl Shared {
                     .collect();
                 ids.sort_unstable();
                 ids.dedup();
-                let views: Vec<serde_json::Value> = ids.iter().map(|id| core.view_of(*id)).collect();
+                let views: Vec<serde_json::Value> =
+                    ids.iter().map(|id| core.view_of(*id)).collect();
                 ApiResponse::data(serde_json::Value::Array(views))
             }
             ApiRequest::Show { id } => {
                 let core = self.lock();
                 let view = core.view_of(id);
                 let Ok(parsed) = serde_json::from_value::<AccessView>(view.clone()) else {
-                    return ApiResponse::err(ErrorKind::NotFound, format!("there is no request or grant #{id}"));
+                    return ApiResponse::err(
+                        ErrorKind::NotFound,
+                        format!("there is no request or grant #{id}"),
+                    );
                 };
                 if parsed.user != name && !(user.admin || user.approver) {
                     return ApiResponse::err(
                         ErrorKind::Forbidden,
-                        format!("#{id} belongs to {}; only its holder, approvers and admins may see it", parsed.user),
+                        format!(
+                            "#{id} belongs to {}; only its holder, approvers and admins may see it",
+                            parsed.user
+                        ),
                     );
                 }
                 ApiResponse::data(view)
@@ -295,7 +303,10 @@ impl Shared {
             }
             ApiRequest::AuditTail { lines } => {
                 if !(user.admin || user.approver) {
-                    return ApiResponse::err(ErrorKind::Forbidden, "only approvers and admins may read the audit log");
+                    return ApiResponse::err(
+                        ErrorKind::Forbidden,
+                        "only approvers and admins may read the audit log",
+                    );
                 }
                 let core = self.lock();
                 match core.audit.tail(lines.min(10_000)) {
@@ -308,12 +319,18 @@ impl Shared {
                         )
                         .unwrap_or_default(),
                     ),
-                    Err(e) => ApiResponse::err(ErrorKind::Internal, format!("reading the audit log failed: {e}")),
+                    Err(e) => ApiResponse::err(
+                        ErrorKind::Internal,
+                        format!("reading the audit log failed: {e}"),
+                    ),
                 }
             }
             ApiRequest::AuditVerify => {
                 if !(user.admin || user.approver) {
-                    return ApiResponse::err(ErrorKind::Forbidden, "only approvers and admins may verify the audit log");
+                    return ApiResponse::err(
+                        ErrorKind::Forbidden,
+                        "only approvers and admins may verify the audit log",
+                    );
                 }
                 let core = self.lock();
                 let anchor = core.audit.head();
@@ -321,7 +338,11 @@ impl Shared {
                 drop(core);
                 match crate::audit::verify_with_anchor(&path, anchor.as_ref()) {
                     Ok(report) => ApiResponse::ok(
-                        format!("{}: {} records, hash chain intact", path.display(), report.records),
+                        format!(
+                            "{}: {} records, hash chain intact",
+                            path.display(),
+                            report.records
+                        ),
                         serde_json::json!({"valid": true, "records": report.records}),
                     ),
                     Err(e) => ApiResponse {
@@ -356,10 +377,8 @@ impl Shared {
 }
 
 impl crate::metrics::Refresh for Shared {
-    fn refresh(self: Arc<Self>) -> impl std::future::Future<Output = ()> + Send {
-        async move {
-            let _ = tokio::task::spawn_blocking(move || self.refresh_kernel_metrics()).await;
-        }
+    async fn refresh(self: Arc<Self>) {
+        let _ = tokio::task::spawn_blocking(move || self.refresh_kernel_metrics()).await;
     }
 
     fn metrics(&self) -> &crate::metrics::Metrics {
@@ -372,7 +391,12 @@ impl Shared {
         use crate::metrics::{MapLabels, Metrics, PacketLabels};
         let core = self.lock();
         self.refresh_counts(&core);
-        let zone_ids: Vec<u32> = core.policy.zones().iter().map(|z| z.id.get() as u32).collect();
+        let zone_ids: Vec<u32> = core
+            .policy
+            .zones()
+            .iter()
+            .map(|z| z.id.get() as u32)
+            .collect();
         if let Ok(totals) = core.gate.counters(&zone_ids) {
             for t in totals {
                 let zone = if t.zone_id == 0 {

@@ -7,7 +7,6 @@
 //! for closings (so a failed commit leaves enforcement as it was).
 
 pub mod core;
-pub mod deadlines;
 pub mod denied;
 pub mod handler;
 pub mod logging;
@@ -27,7 +26,10 @@ pub fn run(policy_path: &Path, debug_bpf: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run_async(policy_path, debug_bpf || logging::debug_enabled()))
+    runtime.block_on(run_async(
+        policy_path,
+        debug_bpf || logging::debug_enabled(),
+    ))
 }
 
 async fn run_async(policy_path: &Path, debug_bpf: bool) -> anyhow::Result<()> {
@@ -116,7 +118,11 @@ pub fn detach(policy_path: &Path, pin_dir: Option<&Path>) -> anyhow::Result<()> 
         println!("nothing to detach: {} does not exist", dir.display());
         return Ok(());
     }
-    crate::gate::remove_pins(&dir).with_context(|| format!("removing the gate pinned in {}", dir.display()))?;
-    println!("detached: removed the gate's links and maps under {}", dir.display());
+    crate::gate::remove_pins(&dir)
+        .with_context(|| format!("removing the gate pinned in {}", dir.display()))?;
+    println!(
+        "detached: removed the gate's links and maps under {}",
+        dir.display()
+    );
     Ok(())
 }

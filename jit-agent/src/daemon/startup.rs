@@ -26,7 +26,8 @@ pub fn load_policy(path: &Path) -> anyhow::Result<Policy> {
 
 pub fn open_store(policy: &Policy) -> anyhow::Result<Arc<Store>> {
     let dir = &policy.gate().state_dir;
-    let store = Store::open(dir).with_context(|| format!("opening the state store in {}", dir.display()))?;
+    let store = Store::open(dir)
+        .with_context(|| format!("opening the state store in {}", dir.display()))?;
     let report = store.open_report();
     if let Some(damage) = &report.damage {
         warn!("{damage}; grants will be rebuilt from the kernel where possible");

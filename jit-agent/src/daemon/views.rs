@@ -41,7 +41,11 @@ pub fn request_view(r: &Request) -> AccessView {
     }
 }
 
-pub fn grant_view(g: &Grant, request: Option<&Request>, traffic: Option<TrafficView>) -> AccessView {
+pub fn grant_view(
+    g: &Grant,
+    request: Option<&Request>,
+    traffic: Option<TrafficView>,
+) -> AccessView {
     AccessView {
         id: g.id,
         state: g.state.to_string(),

@@ -24,7 +24,10 @@ pub fn from16(bytes: [u8; 16], family: u8) -> IpAddr {
 pub fn net16(net: IpNet) -> ([u8; 16], u8) {
     let net = net.trunc();
     match net {
-        IpNet::V4(n) => (v4_mapped(n.network().octets()), n.prefix_len() + V4_PREFIX_OFFSET),
+        IpNet::V4(n) => (
+            v4_mapped(n.network().octets()),
+            n.prefix_len() + V4_PREFIX_OFFSET,
+        ),
         IpNet::V6(n) => (n.network().octets(), n.prefix_len()),
     }
 }

@@ -53,7 +53,9 @@ pub enum GateError {
         detail: String,
     },
     /// A grant rule names a destination outside every zone.
-    #[error("destination {prefix} lies in no protected zone; a grant there would never be enforced")]
+    #[error(
+        "destination {prefix} lies in no protected zone; a grant there would never be enforced"
+    )]
     OutsideZones { prefix: String },
     /// A grant rule's destination spans a more specific zone.
     #[error("destination {prefix} contains zone prefix {inner}; split the target so each prefix lies in one zone")]

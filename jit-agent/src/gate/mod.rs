@@ -31,7 +31,8 @@ pub use self::{
 };
 
 /// The compiled XDP program, built by build.rs.
-pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jit-ebpf"));
+pub static PROGRAM_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jit-ebpf"));
 
 /// How to attach to an interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -115,12 +116,10 @@ fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, GateError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| GateError::Zone {
-            name: name.into(),
-            detail: "map missing from the eBPF object".into(),
-        })?;
+    let map = ebpf.take_map(name).ok_or_else(|| GateError::Zone {
+        name: name.into(),
+        detail: "map missing from the eBPF object".into(),
+    })?;
     T::try_from(map).map_err(|e| GateError::map(format!("opening map {name}"), e))
 }
 
@@ -134,7 +133,11 @@ impl Gate {
         loader
             .map_max_entries(maps::GRANTS, opts.capacity)
             .map_max_entries(maps::GRANT_STATS, opts.capacity);
-        let level: u8 = if opts.debug_log { aya_log::Level::Debug as u8 } else { 0 };
+        let level: u8 = if opts.debug_log {
+            aya_log::Level::Debug as u8
+        } else {
+            0
+        };
         loader.override_global("AYA_LOG_LEVEL", &level, false);
         let mut adopted_maps = false;
         let pin_paths: Vec<(&'static str, PathBuf)>;
@@ -196,7 +199,11 @@ impl Gate {
         }
         let used_slots: BTreeSet<u32> = flows
             .values()
-            .flat_map(|set| set.rules[..set.count as usize].iter().map(|r| r.stats_index))
+            .flat_map(|set| {
+                set.rules[..set.count as usize]
+                    .iter()
+                    .map(|r| r.stats_index)
+            })
             .collect();
         let next_slot = used_slots.last().map_or(0, |s| s + 1);
         Ok(Gate {
@@ -251,19 +258,20 @@ impl Gate {
                 detail: e.to_string(),
             })?;
             let fd_link: FdLink = pinned.into();
-            let xdp_link = aya::programs::xdp::XdpLink::try_from(fd_link).map_err(|e| {
-                GateError::Link {
+            let xdp_link =
+                aya::programs::xdp::XdpLink::try_from(fd_link).map_err(|e| GateError::Link {
                     what: "adopting the pinned link",
                     iface: iface.into(),
                     detail: e.to_string(),
-                }
-            })?;
+                })?;
             let program = self.program();
-            let id = program.attach_to_link(xdp_link).map_err(|e| GateError::Link {
-                what: "replacing the program of the pinned link",
-                iface: iface.into(),
-                detail: format!("{e:#}"),
-            })?;
+            let id = program
+                .attach_to_link(xdp_link)
+                .map_err(|e| GateError::Link {
+                    what: "replacing the program of the pinned link",
+                    iface: iface.into(),
+                    detail: format!("{e:#}"),
+                })?;
             // Keep our own reference: the pin keeps the link alive, the fd lets
             // us unpin it on detach.
             let link = program.take_link(id).map_err(GateError::Program)?;
@@ -274,7 +282,10 @@ impl Gate {
                 detail: e.to_string(),
             })?;
             self.links.push((iface.into(), pinned));
-            info!(iface, "adopted the pinned XDP link and swapped in this build's program");
+            info!(
+                iface,
+                "adopted the pinned XDP link and swapped in this build's program"
+            );
             return Ok(Attachment {
                 iface: iface.into(),
                 mode: "adopted",
@@ -480,7 +491,10 @@ impl Gate {
     pub fn remove(&mut self, slot: u32) -> Result<GrantStats, GateError> {
         let mut changes = HashMap::new();
         for (key, set) in &self.flows {
-            if set.rules[..set.count as usize].iter().any(|r| r.stats_index == slot) {
+            if set.rules[..set.count as usize]
+                .iter()
+                .any(|r| r.stats_index == slot)
+            {
                 let mut set = *set;
                 rules::remove_slot(&mut set, slot);
                 changes.insert(*key, set);
