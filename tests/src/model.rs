@@ -12,7 +12,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use jit_common::Reason;
 
-/// One destination rule of a grant.
+/// One destination rule of a grant; `proto` [`ANY`] opens every protocol
+/// and port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub dst: IpNet,
@@ -103,6 +104,9 @@ const TCP: u8 = 6;
 const UDP: u8 = 17;
 const ICMPV6: u8 = 58;
 const SCTP: u8 = 132;
+/// The protocol number of rules for every protocol (IANA-reserved, so no
+/// packet's own).
+pub const ANY: u8 = 255;
 
 fn judge_grants(
     policy: &Policy,
@@ -112,6 +116,12 @@ fn judge_grants(
     now_ns: u64,
 ) -> Expected {
     let has_ports = matches!(t.proto, TCP | UDP | SCTP);
+    // An any-protocol rule admits every protocol on every port.
+    let admits = |rule: &Rule| {
+        rule.proto == ANY
+            || (rule.proto == t.proto
+                && (!has_ports || (rule.port_lo..=rule.port_hi).contains(&t.dport)))
+    };
     let mut live = Vec::new();
     let mut expired = false;
     for (index, grant) in policy.grants.iter().enumerate() {
@@ -120,10 +130,9 @@ fn judge_grants(
         }
         let matches = grant.rules.iter().any(|rule| {
             let (net, len) = wide_net(rule.dst);
-            rule.proto == t.proto
+            admits(rule)
                 && zone_of_net(&policy.zones, net, len) == Some(zone_id)
                 && in_prefix(ip.dst, net, len)
-                && (!has_ports || (rule.port_lo..=rule.port_hi).contains(&t.dport))
         });
         if !matches {
             continue;
