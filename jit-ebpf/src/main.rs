@@ -70,7 +70,8 @@ fn classify(ctx: &XdpContext) -> (Reason, u32) {
             proto,
             port_or_type,
         }) => {
-            if proto == proto::ICMPV6
+            if ip.family == 6
+                && proto == proto::ICMPV6
                 && (NDISC_FIRST..=NDISC_LAST).contains(&port_or_type)
                 && ip.hop_limit == NDISC_HOP_LIMIT
             {

@@ -42,6 +42,15 @@ fn header<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Ma
     Ok(unsafe { core::ptr::read_unaligned(ptr_at::<[u8; N]>(ctx, offset)?) })
 }
 
+/// Checks that `offset` is at or before the end of the frame, without a read.
+#[inline(always)]
+fn within(ctx: &XdpContext, offset: usize) -> Result<(), Malformed> {
+    if ctx.data() + offset > ctx.data_end() {
+        return Err(Malformed);
+    }
+    Ok(())
+}
+
 #[inline(always)]
 fn be16(bytes: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([bytes[at], bytes[at + 1]])
@@ -163,6 +172,8 @@ pub fn parse_l4(ctx: &XdpContext, ip: &IpHeader) -> Result<L4, Malformed> {
         if ip.v4_frag & IPV4_MF_OFFSET_MASK != 0 {
             return Ok(L4::Fragment);
         }
+        // Options claimed by IHL must be in the frame.
+        within(ctx, ip.next_offset)?;
         (ip.next_header, ip.next_offset)
     } else {
         match walk_ipv6_ext(ctx, ip.next_header, ip.next_offset)? {
@@ -212,6 +223,9 @@ fn walk_ipv6_ext(
                 let h: [u8; 8] = header(ctx, offset)?;
                 next = h[0];
                 offset += (h[1] as usize + 1) * 8;
+                // The whole header must be in the frame, even when what
+                // follows has no header of its own to read.
+                within(ctx, offset)?;
             }
             NEXTHDR_FRAGMENT => {
                 let h: [u8; 8] = header(ctx, offset)?;
@@ -226,5 +240,12 @@ fn walk_ipv6_ext(
             _ => return Ok(Some((next, offset))),
         }
     }
-    Err(Malformed)
+    // MAX_IPV6_EXT headers walked: what follows must not be another one.
+    match next {
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT | NEXTHDR_AUTH
+        | NEXTHDR_MOBILITY | NEXTHDR_HIP | NEXTHDR_SHIM6 | NEXTHDR_EXP1 | NEXTHDR_EXP2 => {
+            Err(Malformed)
+        }
+        _ => Ok(Some((next, offset))),
+    }
 }

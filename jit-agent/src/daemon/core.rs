@@ -885,3 +885,47 @@ impl GrantState {
         }
     }
 }
+
+/// How often the watchdog looks at interfaces and pins.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Re-attaches to re-created interfaces and restores removed pins, loudly.
+pub async fn watchdog_loop(shared: Arc<Shared>) {
+    use crate::gate::WatchEvent;
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    loop {
+        tick.tick().await;
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut core = s.lock();
+            let mut events = core.gate.check_interfaces();
+            events.extend(core.gate.check_pins());
+            for event in events {
+                let record = match &event {
+                    WatchEvent::InterfaceGone { iface } => {
+                        warn!(iface, "gated interface disappeared; the gate will re-attach when it returns");
+                        serde_json::json!({"event": "interface_gone", "iface": iface})
+                    }
+                    WatchEvent::Reattached { iface, mode } => {
+                        warn!(iface, mode, "gated interface is back; the gate is re-attached");
+                        serde_json::json!({"event": "interface_reattached", "iface": iface, "mode": mode})
+                    }
+                    WatchEvent::ReattachFailed { iface, error } => {
+                        error!(iface, "RE-ATTACHING THE GATE FAILED: {error}; retrying");
+                        serde_json::json!({"event": "interface_reattach_failed", "iface": iface, "error": error})
+                    }
+                    WatchEvent::PinRestored { path } => {
+                        error!(path = %path.display(), "a gate pin was removed under the running agent; restored it");
+                        serde_json::json!({"event": "pin_restored", "path": path})
+                    }
+                    WatchEvent::PinLost { path, error } => {
+                        error!(path = %path.display(), "GATE PIN LOST AND NOT RESTORED: {error}");
+                        serde_json::json!({"event": "pin_lost", "path": path, "error": error})
+                    }
+                };
+                core.record(&record);
+            }
+        })
+        .await;
+    }
+}

@@ -10,6 +10,7 @@ pub mod core;
 pub mod denied;
 pub mod handler;
 pub mod logging;
+pub mod privileges;
 pub mod startup;
 pub mod views;
 
@@ -49,6 +50,8 @@ async fn run_async(policy_path: &Path, debug_bpf: bool) -> anyhow::Result<()> {
     let metrics_listener = tokio::net::TcpListener::bind(gate_cfg.metrics_listen)
         .await
         .with_context(|| format!("listening for metrics on {}", gate_cfg.metrics_listen))?;
+    let dropped = privileges::drop_after_startup().context("dropping privileges after start-up")?;
+    info!(kept = %dropped.kept, threads = dropped.threads, "dropped every other capability and set no_new_privs");
     info!(
         socket = %gate_cfg.api.socket.display(),
         metrics = %gate_cfg.metrics_listen,
@@ -75,6 +78,7 @@ async fn run_async(policy_path: &Path, debug_bpf: bool) -> anyhow::Result<()> {
         });
     }
     tokio::spawn(core::minute_loop(shared.clone()));
+    tokio::spawn(core::watchdog_loop(shared.clone()));
     if let Some(logger) = shared.take_bpf_logger() {
         tokio::spawn(async move {
             if let Err(e) = denied::flush_bpf_log(logger).await {

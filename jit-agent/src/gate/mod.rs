@@ -106,7 +106,9 @@ pub struct Gate {
     flows: HashMap<FlowKey, GrantSet>,
     used_slots: BTreeSet<u32>,
     next_slot: u32,
-    links: Vec<(String, PinnedLink)>,
+    links: Vec<HeldLink>,
+    /// A handle on every pinned map, to pin it again if its file goes.
+    map_handles: Vec<(&'static str, MapData)>,
     /// Pinned maps were found and reused.
     pub adopted_maps: bool,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -192,6 +194,15 @@ impl Gate {
             )
             .map_err(|e| GateError::map("writing the gate config", e))?;
 
+        let mut map_handles = Vec::new();
+        if let Some(dir) = &opts.pin_dir {
+            for spec in pins::map_specs(opts.capacity) {
+                let path = pins::map_pin(dir, spec.name);
+                let data = MapData::from_pin(&path)
+                    .map_err(|e| GateError::map(format!("reopening pinned map {}", path.display()), e))?;
+                map_handles.push((spec.name, data));
+            }
+        }
         let mut flows = HashMap::new();
         for entry in grants_map.iter() {
             let (key, set) = entry.map_err(|e| GateError::map("reading pinned grants", e))?;
@@ -221,6 +232,7 @@ impl Gate {
             used_slots,
             next_slot,
             links: Vec::new(),
+            map_handles,
             adopted_maps,
             logger,
         })
@@ -281,7 +293,7 @@ impl Gate {
                 iface: iface.into(),
                 detail: e.to_string(),
             })?;
-            self.links.push((iface.into(), pinned));
+            self.links.push(HeldLink::new(iface, pinned, mode, path));
             info!(
                 iface,
                 "adopted the pinned XDP link and swapped in this build's program"
@@ -324,7 +336,7 @@ impl Gate {
                     iface: iface.into(),
                     detail: e.to_string(),
                 })?;
-                self.links.push((iface.into(), pinned));
+                self.links.push(HeldLink::new(iface, pinned, mode, &path));
             }
             None => {
                 // Unpinned gates (tests) keep the link open for their lifetime.
@@ -341,7 +353,7 @@ impl Gate {
 
     /// Interfaces this gate holds links for.
     pub fn attached(&self) -> Vec<String> {
-        self.links.iter().map(|(i, _)| i.clone()).collect()
+        self.links.iter().map(|l| l.iface.clone()).collect()
     }
 
     /// Replaces the protected zones. New prefixes go in before stale ones
@@ -452,10 +464,13 @@ impl Gate {
         let rules = rules::kernel_rules(spec, &self.zones)?;
         let mut changes: HashMap<FlowKey, GrantSet> = HashMap::new();
         for (key, rule) in rules {
-            let set = changes
-                .entry(key)
-                .or_insert_with(|| self.flows.get(&key).copied().unwrap_or_default());
-            rules::remove_slot(set, spec.slot);
+            // A re-install replaces the slot's old rules: drop them once, when
+            // the key's set is first copied, not for every rule of the grant.
+            let set = changes.entry(key).or_insert_with(|| {
+                let mut set = self.flows.get(&key).copied().unwrap_or_default();
+                rules::remove_slot(&mut set, spec.slot);
+                set
+            });
             rules::push_rule(set, &key, rule)?;
         }
         self.stats_map
@@ -606,10 +621,12 @@ impl Gate {
     /// Removes links and pins: the gate stops filtering and its grants are
     /// gone. The maps live on only while this process holds them.
     pub fn detach_all(mut self) -> Result<(), GateError> {
-        for (iface, link) in self.links.drain(..) {
+        for held in self.links.drain(..) {
+            drop(held.spare);
+            let Some(link) = held.link else { continue };
             link.unpin().map_err(|source| GateError::Io {
                 what: "unpinning the link of",
-                path: PathBuf::from(iface),
+                path: PathBuf::from(held.iface),
                 source,
             })?;
         }
@@ -617,6 +634,171 @@ impl Gate {
             remove_pins(dir)?;
         }
         Ok(())
+    }
+}
+
+/// A link the gate holds, with the interface index it was made for.
+struct HeldLink {
+    iface: String,
+    ifindex: u32,
+    mode: AttachMode,
+    /// `None` while the interface is gone.
+    link: Option<PinnedLink>,
+    /// A second reference to the same link (opened from its pin). aya's
+    /// `FdLink::pin` consumes the link, so re-pinning uses `link` while
+    /// `spare` keeps the gate attached if pinning fails.
+    spare: Option<PinnedLink>,
+    pin_lost_reported: bool,
+}
+
+impl HeldLink {
+    fn new(iface: &str, link: PinnedLink, mode: AttachMode, pin: &Path) -> Self {
+        let spare = PinnedLink::from_pin(pin).ok();
+        HeldLink {
+            iface: iface.into(),
+            ifindex: ifindex(iface),
+            mode,
+            link: Some(link),
+            spare,
+            pin_lost_reported: false,
+        }
+    }
+}
+
+fn ifindex(iface: &str) -> u32 {
+    nix::net::if_::if_nametoindex(iface).unwrap_or(0)
+}
+
+/// Something the watchdog found and did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A gated interface disappeared; its link is defunct.
+    InterfaceGone { iface: String },
+    /// A gated interface came back (or was re-created) and was re-attached.
+    Reattached { iface: String, mode: &'static str },
+    /// Re-attaching failed; it is retried on the next check.
+    ReattachFailed { iface: String, error: String },
+    /// A pin file was removed under the running agent and was restored.
+    PinRestored { path: PathBuf },
+    /// A pin could not be restored.
+    PinLost { path: PathBuf, error: String },
+}
+
+impl Gate {
+    /// Re-attaches to interfaces that were removed and re-created: the
+    /// kernel detaches an XDP link when its device goes, and a new device
+    /// with the same name has a new index and no program.
+    pub fn check_interfaces(&mut self) -> Vec<WatchEvent> {
+        let mut events = Vec::new();
+        let mut redo = Vec::new();
+        for (i, held) in self.links.iter_mut().enumerate() {
+            let now = ifindex(&held.iface);
+            if now == held.ifindex && held.link.is_some() {
+                continue;
+            }
+            if now == 0 {
+                if held.link.is_some() {
+                    held.link = None;
+                    held.spare = None;
+                    held.ifindex = 0;
+                    events.push(WatchEvent::InterfaceGone {
+                        iface: held.iface.clone(),
+                    });
+                }
+                continue;
+            }
+            redo.push(i);
+        }
+        for i in redo.into_iter().rev() {
+            let mut held = self.links.remove(i);
+            drop(held.link.take());
+            drop(held.spare.take());
+            if let Some(dir) = &self.pin_dir {
+                // The old pin names a link to a device that no longer exists.
+                let _ = std::fs::remove_file(pins::link_pin(dir, &held.iface));
+            }
+            match self.attach(&held.iface, held.mode) {
+                Ok(a) => events.push(WatchEvent::Reattached {
+                    iface: held.iface,
+                    mode: a.mode,
+                }),
+                Err(e) => {
+                    events.push(WatchEvent::ReattachFailed {
+                        iface: held.iface.clone(),
+                        error: e.to_string(),
+                    });
+                    self.links.push(HeldLink {
+                        ifindex: 0,
+                        link: None,
+                        spare: None,
+                        ..held
+                    });
+                }
+            }
+        }
+        events
+    }
+
+    /// Pins every map and link again whose pin file was removed, so that the
+    /// gate still outlives the agent.
+    pub fn check_pins(&mut self) -> Vec<WatchEvent> {
+        let Some(dir) = self.pin_dir.clone() else {
+            return Vec::new();
+        };
+        let mut events = Vec::new();
+        if !pins::links_dir(&dir).exists() {
+            let _ = std::fs::create_dir_all(pins::links_dir(&dir));
+        }
+        for (name, data) in &self.map_handles {
+            let path = pins::map_pin(&dir, name);
+            if path.exists() {
+                continue;
+            }
+            events.push(match data.pin(&path) {
+                Ok(()) => WatchEvent::PinRestored { path },
+                Err(e) => WatchEvent::PinLost {
+                    path,
+                    error: e.to_string(),
+                },
+            });
+        }
+        for held in &mut self.links {
+            let path = pins::link_pin(&dir, &held.iface);
+            if path.exists() {
+                continue;
+            }
+            if held.link.is_none() || held.spare.is_none() {
+                // One reference left: pinning would consume it, and a failed
+                // pin would detach the gate. Keep it attached and say so.
+                if held.link.is_some() || held.spare.is_some() {
+                    if !held.pin_lost_reported {
+                        held.pin_lost_reported = true;
+                        events.push(WatchEvent::PinLost {
+                            path,
+                            error: "an earlier re-pin failed; the gate stays attached only while this agent runs".into(),
+                        });
+                    }
+                }
+                continue;
+            }
+            let link = held.link.take().expect("checked above");
+            let fd_link: FdLink = link.into();
+            match fd_link.pin(&path) {
+                Ok(pinned) => {
+                    held.link = Some(pinned);
+                    held.pin_lost_reported = false;
+                    events.push(WatchEvent::PinRestored { path });
+                }
+                Err(e) => {
+                    held.pin_lost_reported = true;
+                    events.push(WatchEvent::PinLost {
+                        path,
+                        error: e.to_string(),
+                    })
+                }
+            }
+        }
+        events
     }
 }
 
