@@ -4,7 +4,6 @@
 use aya_ebpf::programs::XdpContext;
 use jit_common::{proto, v4_mapped};
 
-
 pub const ETH_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -40,6 +39,11 @@ fn header<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Ma
     // SAFETY: ptr_at checked the N bytes lie inside the packet; the read is
     // unaligned-safe.
     Ok(unsafe { core::ptr::read_unaligned(ptr_at::<[u8; N]>(ctx, offset)?) })
+}
+
+#[inline(always)]
+fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    addr[..12] == jit_common::V4_MAPPED_PREFIX
 }
 
 /// Checks that `offset` is at or before the end of the frame, without a read.
@@ -163,6 +167,12 @@ const IPV4_MF_OFFSET_MASK: u16 = 0x1fff;
 #[inline(always)]
 pub fn parse_l4(ctx: &XdpContext, ip: &IpHeader) -> Result<L4, Malformed> {
     if !ip.version_ok {
+        return Err(Malformed);
+    }
+    // RFC 4291 §2.5.5.2: IPv4-mapped addresses never appear on the wire.
+    // In the gate's one 16-byte address space such a packet would be judged
+    // by IPv4 grants, so it is refused.
+    if ip.family == 6 && (is_v4_mapped(&ip.src) || is_v4_mapped(&ip.dst)) {
         return Err(Malformed);
     }
     let (proto, offset) = if ip.family == 4 {

@@ -4,8 +4,8 @@
 //!
 //! Addresses are compared in the gate's 128-bit space (IPv4 as
 //! `::ffff:a.b.c.d`, prefix lengths + 96), because that is the documented
-//! form of every address in the kernel's maps: an IPv6 packet carrying
-//! IPv4-mapped addresses is judged like its IPv4 counterpart.
+//! form of every address in the kernel's maps. An IPv6 packet carrying an
+//! IPv4-mapped address to a protected destination is malformed.
 
 use std::net::IpAddr;
 
@@ -82,6 +82,12 @@ pub fn expect(frame: &[u8], policy: &Policy, now_ns: u64) -> Expected {
     let Some(zone_id) = zone_of_addr(&policy.zones, ip.dst) else {
         return Expected::new(Reason::PassUnprotected, 0);
     };
+    // IPv4-mapped addresses must not appear in IPv6 packets (RFC 4291
+    // §2.5.5.2); one to a protected destination is malformed.
+    let mapped = |a: u128| a >> 32 == 0xffff;
+    if ip.v6 && (mapped(ip.src) || mapped(ip.dst)) {
+        return Expected::new(Reason::DropMalformed, zone_id);
+    }
     let transport = match read_transport(&mut r, &ip) {
         Ok(Some(t)) => t,
         Ok(None) => return Expected::new(Reason::DropFragment, zone_id),

@@ -361,9 +361,9 @@ fn table() -> Vec<Case> {
         DropNoGrant,
     );
     case(
-        "v4 grantee's IPv4-mapped address to an IPv6 zone",
+        "v4 grantee's IPv4-mapped address to an IPv6 zone is malformed",
         tcp6("::ffff:192.0.2.1", HOST6, 22),
-        DropNoGrant,
+        DropMalformed,
     );
 
     // Expired against live.
@@ -730,13 +730,13 @@ fn table() -> Vec<Case> {
         DropNoGrant,
     );
     case(
-        "v6 frame with IPv4-mapped addresses is judged as IPv4 (one 16-byte address space)",
+        "v6 frame with IPv4-mapped addresses does not ride on the IPv4 grant",
         Frame::ip(
             "::ffff:192.0.2.1".parse().unwrap(),
             "::ffff:10.9.1.1".parse().unwrap(),
             L4::Tcp { dport: 22 },
         ),
-        PassGrant,
+        DropMalformed,
     );
 
     // Unprotected and non-IP.
