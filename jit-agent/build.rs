@@ -14,7 +14,9 @@ fn main() -> anyhow::Result<()> {
     }
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
     let root_dir = std::path::Path::new(&manifest_dir).join("../jit-ebpf");
-    let root_dir = root_dir.to_str().ok_or_else(|| anyhow!("jit-ebpf path is not UTF-8"))?;
+    let root_dir = root_dir
+        .to_str()
+        .ok_or_else(|| anyhow!("jit-ebpf path is not UTF-8"))?;
     aya_build::build_ebpf(
         [Package {
             name: "jit-ebpf",

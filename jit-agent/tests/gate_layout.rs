@@ -23,8 +23,18 @@ fn kernel_maps_have_the_sizes_userspace_uses() {
         let info = MapInfo::from_pin(pins::map_pin(&dir, spec.name)).expect("map is pinned");
         assert_eq!(info.map_type().unwrap(), spec.map_type, "{}", spec.name);
         assert_eq!(info.key_size(), spec.key_size, "key size of {}", spec.name);
-        assert_eq!(info.value_size(), spec.value_size, "value size of {}", spec.name);
-        assert_eq!(info.max_entries(), spec.max_entries, "capacity of {}", spec.name);
+        assert_eq!(
+            info.value_size(),
+            spec.value_size,
+            "value size of {}",
+            spec.name
+        );
+        assert_eq!(
+            info.max_entries(),
+            spec.max_entries,
+            "capacity of {}",
+            spec.name
+        );
         checked += 1;
     }
     assert_eq!(checked, 7);
@@ -42,9 +52,14 @@ fn a_pinned_map_of_another_capacity_is_refused() {
         ..Default::default()
     };
     drop(Gate::load(&opts(4096)).unwrap());
-    let err = Gate::load(&opts(8192)).err().expect("a mismatched pin must be refused");
+    let err = Gate::load(&opts(8192))
+        .err()
+        .expect("a mismatched pin must be refused");
     let text = err.to_string();
-    assert!(text.contains("capacity") && text.contains("detach"), "{text}");
+    assert!(
+        text.contains("capacity") && text.contains("detach"),
+        "{text}"
+    );
     let again = Gate::load(&opts(4096)).expect("the matching build adopts the pins");
     assert!(again.adopted_maps);
     drop(again);

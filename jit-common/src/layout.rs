@@ -5,7 +5,10 @@
 
 use core::mem::{offset_of, size_of};
 
-use crate::{Counter, DeniedEvent, FlowKey, GateConfig, GrantRule, GrantSet, GrantStats, RateState, ZoneValue};
+use crate::{
+    Counter, DeniedEvent, FlowKey, GateConfig, GrantRule, GrantSet, GrantStats, RateState,
+    ZoneValue,
+};
 
 const _: () = {
     assert!(size_of::<FlowKey>() == 24);

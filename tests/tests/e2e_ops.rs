@@ -41,16 +41,22 @@ fn xdp_diagnostics_reach_the_agent_log_at_debug_level_only() {
     let quiet = Agent::start(&lab, scratch.path(), &policy);
     assert!(!lab.tcp_connect(V4.client_a, V4.server_protected, TCP_PORT, SHORT));
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!quiet.log_text().contains("jitgate drop"), "diagnostics at info level:\n{}", quiet.log_text());
+    assert!(
+        !quiet.log_text().contains("jitgate drop"),
+        "diagnostics at info level:\n{}",
+        quiet.log_text()
+    );
     drop(quiet);
 
     let (lab, scratch) = self::lab();
     let policy = lab_policy(&lab, scratch.path(), "");
     let loud = Agent::start_with_env(&lab, scratch.path(), &policy, &[("RUST_LOG", "debug")]);
     assert!(!lab.tcp_connect(V4.client_a, V4.server_protected, TCP_PORT, SHORT));
-    wait_for("a diagnostic line from the XDP program", Duration::from_secs(5), || {
-        loud.log_text().contains("jitgate drop")
-    });
+    wait_for(
+        "a diagnostic line from the XDP program",
+        Duration::from_secs(5),
+        || loud.log_text().contains("jitgate drop"),
+    );
 }
 
 #[test]
@@ -61,15 +67,28 @@ fn detach_removes_the_gate_and_its_pins() {
     assert!(!lab.tcp_connect(V4.client_a, V4.server_protected, TCP_PORT, SHORT));
     agent.stop();
     // A clean stop leaves the gate enforcing.
-    assert!(!lab.tcp_connect(V4.client_a, V4.server_protected, TCP_PORT, SHORT), "stopping the agent opened the gate");
+    assert!(
+        !lab.tcp_connect(V4.client_a, V4.server_protected, TCP_PORT, SHORT),
+        "stopping the agent opened the gate"
+    );
     let out = Command::new(jit_tests::bin_path("jit-agent"))
         .args(["detach", "--pin-dir"])
         .arg(agent.pin_dir())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!agent.pin_dir().join("JG_GRANTS").exists(), "map pins left behind");
-    assert!(lab.tcp_connect(V4.client_a, V4.server_protected, TCP_PORT, SHORT * 5), "traffic still blocked after detach");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !agent.pin_dir().join("JG_GRANTS").exists(),
+        "map pins left behind"
+    );
+    assert!(
+        lab.tcp_connect(V4.client_a, V4.server_protected, TCP_PORT, SHORT * 5),
+        "traffic still blocked after detach"
+    );
 }
 
 #[test]
@@ -83,14 +102,27 @@ fn policy_reload_refuses_invalid_policy_and_revokes_what_is_no_longer_allowed() 
     assert!(lab.udp_request(a, srv, UDP_PORT, SHORT * 5));
 
     // An invalid policy is refused with its errors; the old one stays.
-    std::fs::write(agent.policy_path(), format!("{policy}\n[roles.broken]\ntargets = [\"nope\"]\n")).unwrap();
+    std::fs::write(
+        agent.policy_path(),
+        format!("{policy}\n[roles.broken]\ntargets = [\"nope\"]\n"),
+    )
+    .unwrap();
     let out = agent.jitctl(ROOT, &["policy", "reload"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("nope") && err.contains("policy.toml:"), "{err}");
-    assert!(lab.udp_request(a, srv, UDP_PORT, SHORT * 5), "a refused reload changed enforcement");
+    assert!(
+        err.contains("nope") && err.contains("policy.toml:"),
+        "{err}"
+    );
+    assert!(
+        lab.udp_request(a, srv, UDP_PORT, SHORT * 5),
+        "a refused reload changed enforcement"
+    );
     // Only admins reload.
-    assert_eq!(agent.jitctl(ALICE, &["policy", "reload"]).status.code(), Some(3));
+    assert_eq!(
+        agent.jitctl(ALICE, &["policy", "reload"]).status.code(),
+        Some(3)
+    );
 
     // A valid policy without srv-udp in ops: SIGHUP revokes the UDP grant.
     let narrowed = policy.replace(
@@ -100,14 +132,25 @@ fn policy_reload_refuses_invalid_policy_and_revokes_what_is_no_longer_allowed() 
     assert_ne!(narrowed, policy);
     std::fs::write(agent.policy_path(), narrowed).unwrap();
     agent.signal(nix::sys::signal::Signal::SIGHUP);
-    wait_for("the UDP grant to be revoked", Duration::from_secs(5), || {
-        agent.jitctl_json(ROOT, &["show", &udp.to_string()])["data"]["state"] == "revoked"
-    });
-    assert!(!lab.udp_request(a, srv, UDP_PORT, SHORT), "revoked by reload but still passing");
-    assert_eq!(agent.jitctl_json(ROOT, &["show", &tcp.to_string()])["data"]["state"], "active");
+    wait_for(
+        "the UDP grant to be revoked",
+        Duration::from_secs(5),
+        || agent.jitctl_json(ROOT, &["show", &udp.to_string()])["data"]["state"] == "revoked",
+    );
+    assert!(
+        !lab.udp_request(a, srv, UDP_PORT, SHORT),
+        "revoked by reload but still passing"
+    );
+    assert_eq!(
+        agent.jitctl_json(ROOT, &["show", &tcp.to_string()])["data"]["state"],
+        "active"
+    );
     assert!(lab.tcp_connect(a, srv, TCP_PORT, SHORT * 5));
     let tail = agent.jitctl_ok(ROOT, &["audit", "tail", "-n", "50"]);
-    assert!(tail.contains("\"policy_reload_refused\"") && tail.contains("\"policy_reloaded\""), "{tail}");
+    assert!(
+        tail.contains("\"policy_reload_refused\"") && tail.contains("\"policy_reloaded\""),
+        "{tail}"
+    );
     assert!(tail.contains("\"revoked\""), "{tail}");
 }
 
@@ -117,7 +160,12 @@ fn denied_attempts_are_summarized_per_minute_in_the_audit_log() {
     let policy = lab_policy(&lab, scratch.path(), "");
     let mut agent = Agent::start(&lab, scratch.path(), &policy);
     for _ in 0..5 {
-        assert!(!lab.tcp_connect(V4.client_a, V4.server_protected, TCP_PORT, Duration::from_millis(100)));
+        assert!(!lab.tcp_connect(
+            V4.client_a,
+            V4.server_protected,
+            TCP_PORT,
+            Duration::from_millis(100)
+        ));
     }
     std::thread::sleep(Duration::from_millis(300));
     agent.stop();
@@ -126,7 +174,10 @@ fn denied_attempts_are_summarized_per_minute_in_the_audit_log() {
         .lines()
         .find(|l| l.contains("\"denied_attempts\""))
         .unwrap_or_else(|| panic!("no denied summary in:\n{log}"));
-    assert!(line.contains(&V4.client_a.to_string()) && line.contains(&V4.server_protected.to_string()), "{line}");
+    assert!(
+        line.contains(&V4.client_a.to_string()) && line.contains(&V4.server_protected.to_string()),
+        "{line}"
+    );
 }
 
 fn metrics_text(lab: &Lab) -> String {
@@ -169,7 +220,12 @@ fn metrics_pass_promtool_and_a_real_prometheus_counts_active_grants() {
         .spawn()
         .expect("promtool (Debian package prometheus) is installed");
     use std::io::Write as _;
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = promtool.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -191,7 +247,10 @@ fn metrics_pass_promtool_and_a_real_prometheus_counts_active_grants() {
         .arg(format!("--net=/run/netns/{}", lab.gate_ns()))
         .arg("prometheus")
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg("--web.listen-address=127.0.0.1:9090")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("log")).unwrap())
@@ -202,7 +261,11 @@ fn metrics_pass_promtool_and_a_real_prometheus_counts_active_grants() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut found = false;
     while Instant::now() < deadline {
-        if let Ok((200, body)) = http::get(lab.gate_ns(), api, "/api/v1/query?query=jitgate_active_grants") {
+        if let Ok((200, body)) = http::get(
+            lab.gate_ns(),
+            api,
+            "/api/v1/query?query=jitgate_active_grants",
+        ) {
             answer = body;
             let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
             if let Some(value) = v["data"]["result"][0]["value"][1].as_str() {
@@ -215,5 +278,9 @@ fn metrics_pass_promtool_and_a_real_prometheus_counts_active_grants() {
     }
     let _ = prom.kill();
     let _ = prom.wait();
-    assert!(found, "Prometheus never reported jitgate_active_grants: {answer}\n{}", std::fs::read_to_string(dir.join("log")).unwrap_or_default());
+    assert!(
+        found,
+        "Prometheus never reported jitgate_active_grants: {answer}\n{}",
+        std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+    );
 }
