@@ -5,6 +5,7 @@
 //! the machine.
 
 pub mod agent;
+pub mod bench;
 pub mod http;
 pub mod lab;
 pub mod model;

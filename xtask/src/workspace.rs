@@ -10,9 +10,9 @@ use anyhow::{Context as _, Result};
 
 use crate::command;
 
-/// Crates `--workspace` must skip: jit-ebpf only builds for the bpfel target, and
-/// jit-agent's build.rs already builds it that way.
-pub const HOST_EXCLUDES: &[&str] = &["--exclude", "jit-ebpf"];
+/// Crates `--workspace` must skip: jit-ebpf and jit-ebpf-bench only build for the
+/// bpfel target, and the build.rs of jit-agent and jit-tests build them that way.
+pub const HOST_EXCLUDES: &[&str] = &["--exclude", "jit-ebpf", "--exclude", "jit-ebpf-bench"];
 
 /// The workspace root (the parent of this crate).
 pub fn root() -> PathBuf {
