@@ -345,11 +345,12 @@ impl Lab {
     /// The namespace that holds `addr`. Panics for an address that is not the lab's.
     pub fn ns_of(&self, addr: IpAddr) -> &str {
         for a in FAMILIES {
-            if addr == a.client_a || addr == a.client_b {
-                return &self.client_ns;
-            }
             if [a.gate_in, a.gate_out_protected, a.gate_out_unprotected].contains(&addr) {
                 return &self.gate_ns;
+            }
+            // Tests may add more client addresses to cli0 in the client subnet.
+            if addr == a.client_a || addr == a.client_b || a.client_net.contains(addr) {
+                return &self.client_ns;
             }
             if addr == a.server_protected || addr == a.server_unprotected {
                 return &self.server_ns;
