@@ -219,6 +219,60 @@ impl Core {
         }
     }
 
+    /// Writes an operation's audit records before the operation takes
+    /// effect: an operation that cannot be recorded is refused, and the
+    /// engine goes back to what the store holds.
+    fn audit_first(
+        &mut self,
+        events: &[AuditEvent],
+        ended: Option<(&Grant, Option<jit_common::GrantStats>)>,
+    ) -> Result<(), OpError> {
+        for event in events {
+            let mut v = serde_json::to_value(event).unwrap_or_default();
+            if let (Some((g, Some(stats))), Some(obj)) = (ended, v.as_object_mut()) {
+                if g.id == event.id {
+                    obj.insert(
+                        "traffic".into(),
+                        serde_json::to_value(self.traffic(&stats)).unwrap_or_default(),
+                    );
+                }
+            }
+            if let Err(e) = self.audit.append(&v) {
+                self.rollback_engine();
+                return Err(OpError::Internal(format!(
+                    "the audit log cannot be written ({e}); the operation was refused and nothing was changed"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes in the audit log that a recorded operation did not take effect.
+    fn audit_failed(&self, events: &[AuditEvent], error: &OpError) {
+        for event in events {
+            self.record(&serde_json::json!({
+                "event": "operation_failed",
+                "id": event.id,
+                "failed": event.action.name(),
+                "error": error.to_string(),
+            }));
+        }
+    }
+
+    /// Runs the effect of an operation whose records are written, noting a
+    /// failure in the log.
+    fn effect<T>(
+        &mut self,
+        events: &[AuditEvent],
+        f: impl FnOnce(&mut Core) -> Result<T, OpError>,
+    ) -> Result<T, OpError> {
+        let result = f(self);
+        if let Err(e) = &result {
+            self.audit_failed(events, e);
+        }
+        result
+    }
+
     /// The end of a grant, with its traffic totals.
     fn audit_end(
         &self,
@@ -410,8 +464,9 @@ impl Core {
         let message = out.value.to_string();
         match &out.value {
             crate::lifecycle::Requested::Pending(r) => {
-                self.persist_only(&[r.id])?;
-                self.record_events(&out.events);
+                self.audit_first(&out.events, None)?;
+                let id = r.id;
+                self.effect(&out.events, |c| c.persist_only(&[id]))?;
                 Ok((
                     message,
                     serde_json::to_value(views::request_view(r)).unwrap_or_default(),
@@ -419,8 +474,8 @@ impl Core {
             }
             crate::lifecycle::Requested::Active(g) => {
                 let g = g.clone();
-                self.open_grant(&g)?;
-                self.record_events(&out.events);
+                self.audit_first(&out.events, None)?;
+                self.effect(&out.events, |c| c.open_grant(&g))?;
                 Ok((message, self.view_of(g.id)))
             }
         }
@@ -434,14 +489,17 @@ impl Core {
     ) -> Result<(String, serde_json::Value), OpError> {
         let out = self.engine.approve(id, approver, note)?;
         let message = out.value.to_string();
+        self.audit_first(&out.events, None)?;
         match &out.value {
-            crate::lifecycle::Approved::Recorded(r) => self.persist_only(&[r.id])?,
+            crate::lifecycle::Approved::Recorded(r) => {
+                let id = r.id;
+                self.effect(&out.events, |c| c.persist_only(&[id]))?
+            }
             crate::lifecycle::Approved::Activated(g) => {
                 let g = g.clone();
-                self.open_grant(&g)?;
+                self.effect(&out.events, |c| c.open_grant(&g))?;
             }
         }
-        self.record_events(&out.events);
         Ok((message, self.view_of(id)))
     }
 
@@ -450,8 +508,9 @@ impl Core {
         out: Outcome<Request>,
         verb: &str,
     ) -> Result<(String, serde_json::Value), OpError> {
-        self.persist_only(&[out.value.id])?;
-        self.record_events(&out.events);
+        self.audit_first(&out.events, None)?;
+        let id = out.value.id;
+        self.effect(&out.events, |c| c.persist_only(&[id]))?;
         Ok((
             format!("request #{} {verb}", out.value.id),
             self.view_of(out.value.id),
@@ -465,8 +524,8 @@ impl Core {
     ) -> Result<(String, serde_json::Value), OpError> {
         let out = self.engine.grant(admin, req)?;
         let g = out.value.clone();
-        self.open_grant(&g)?;
-        self.record_events(&out.events);
+        self.audit_first(&out.events, None)?;
+        self.effect(&out.events, |c| c.open_grant(&g))?;
         Ok((
             format!(
                 "grant #{} is active until {} ({})",
@@ -484,8 +543,12 @@ impl Core {
         verb: &str,
     ) -> Result<(String, serde_json::Value), OpError> {
         let g = out.value.clone();
-        let stats = self.close_grant(&g)?;
-        self.audit_end(&out.events, &g, stats);
+        let before = self
+            .slots
+            .get(&g.id)
+            .and_then(|slot| self.gate.stats(*slot).ok());
+        self.audit_first(&out.events, Some((&g, before)))?;
+        let stats = self.effect(&out.events, |c| c.close_grant(&g))?;
         let mut view = views::grant_view(
             &g,
             self.engine.request_by_id(g.id),
@@ -500,8 +563,10 @@ impl Core {
 
     pub fn extend(&mut self, out: Outcome<Grant>) -> Result<(String, serde_json::Value), OpError> {
         let g = out.value.clone();
+        self.audit_first(&out.events, None)?;
         // Store first: a failed commit must not leave a longer kernel expiry.
-        self.persist_only(&[g.id])?;
+        let id = g.id;
+        self.effect(&out.events, |c| c.persist_only(&[id]))?;
         if let Some(slot) = self.slots.get(&g.id).copied() {
             if let Err(e) = self.gate.set_expiry(slot, g.expires_boot_ns) {
                 error!(
@@ -510,7 +575,6 @@ impl Core {
                 );
             }
         }
-        self.record_events(&out.events);
         Ok((
             format!(
                 "grant #{} now ends {}",
