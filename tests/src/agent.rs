@@ -140,7 +140,10 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("scratch directory kept for inspection: {}", self.0.display());
+            eprintln!(
+                "scratch directory kept for inspection: {}",
+                self.0.display()
+            );
         } else {
             let _ = fs::remove_dir_all(&self.0);
         }
@@ -180,7 +183,10 @@ impl Agent {
             log: scratch.join("agent.log"),
             pin_dir: lab.bpffs_dir(),
             child: None,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         agent.spawn();
         agent
@@ -197,7 +203,10 @@ impl Agent {
             .arg(bin_path("jit-agent"))
             .args(["run", "--policy"])
             .arg(&self.policy)
-            .env("RUST_LOG", std::env::var("JITGATE_AGENT_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("JITGATE_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -324,9 +333,13 @@ impl Agent {
         let src = source.to_string();
         let v = self.jitctl_json(
             ROOT,
-            &["grant", user, target, "--from", &src, "--for", duration, "--reason", "test"],
+            &[
+                "grant", user, target, "--from", &src, "--for", duration, "--reason", "test",
+            ],
         );
-        v["data"]["id"].as_u64().unwrap_or_else(|| panic!("grant answer has no id: {v}"))
+        v["data"]["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("grant answer has no id: {v}"))
     }
 }
 

@@ -23,7 +23,10 @@ fn setup() -> (Lab, Scratch, Agent) {
 }
 
 fn id_of(v: &serde_json::Value) -> String {
-    v["data"]["id"].as_u64().unwrap_or_else(|| panic!("no id in {v}")).to_string()
+    v["data"]["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no id in {v}"))
+        .to_string()
 }
 
 #[test]
@@ -43,56 +46,127 @@ fn every_jitctl_command_works_and_refuses_clearly() {
     let v = agent.jitctl_json(ALICE, &["extend", &udp, "--by", "5m"]);
     assert_eq!(v["data"]["duration_secs"], 900, "{v}");
     let too_long = agent.jitctl(ALICE, &["extend", &udp, "--by", "2h"]);
-    assert_eq!(too_long.status.code(), Some(3), "{}", String::from_utf8_lossy(&too_long.stderr));
-    assert!(String::from_utf8_lossy(&too_long.stderr).contains("1h"), "{}", String::from_utf8_lossy(&too_long.stderr));
+    assert_eq!(
+        too_long.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&too_long.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&too_long.stderr).contains("1h"),
+        "{}",
+        String::from_utf8_lossy(&too_long.stderr)
+    );
 
     // Someone else cannot release or see it; the holder can.
-    assert_eq!(agent.jitctl(CAROL, &["release", &udp]).status.code(), Some(3));
+    assert_eq!(
+        agent.jitctl(CAROL, &["release", &udp]).status.code(),
+        Some(3)
+    );
     assert_eq!(agent.jitctl(CAROL, &["show", &udp]).status.code(), Some(3));
-    assert_eq!(agent.jitctl(CAROL, &["list", "--all"]).status.code(), Some(3));
+    assert_eq!(
+        agent.jitctl(CAROL, &["list", "--all"]).status.code(),
+        Some(3)
+    );
     let v = agent.jitctl_json(ALICE, &["release", &udp]);
     assert_eq!(v["data"]["state"], "released", "{v}");
-    assert!(!lab.udp_request(a, srv, UDP_PORT, SHORT), "released grant still passes");
+    assert!(
+        !lab.udp_request(a, srv, UDP_PORT, SHORT),
+        "released grant still passes"
+    );
 
     // A longer request than the role allows is refused with the limit.
-    let out = agent.jitctl(ALICE, &["request", "srv-udp", "--from", &from, "--for", "3h"]);
+    let out = agent.jitctl(
+        ALICE,
+        &["request", "srv-udp", "--from", &from, "--for", "3h"],
+    );
     assert_eq!(out.status.code(), Some(3));
     // A source outside the user's prefixes is refused.
-    let out = agent.jitctl(ALICE, &["request", "srv-udp", "--from", &V4.client_b.to_string()]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = agent.jitctl(
+        ALICE,
+        &["request", "srv-udp", "--from", &V4.client_b.to_string()],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // An unknown target names itself; an unknown id is exit 4.
     let out = agent.jitctl(ALICE, &["request", "srv-nope", "--from", &from]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("srv-nope"));
     assert_eq!(agent.jitctl(ROOT, &["show", "999"]).status.code(), Some(4));
     // Only admins grant directly.
-    assert_eq!(agent.jitctl(ALICE, &["grant", "alice", "srv-udp", "--from", &from, "--reason", "x"]).status.code(), Some(3));
+    assert_eq!(
+        agent
+            .jitctl(
+                ALICE,
+                &["grant", "alice", "srv-udp", "--from", &from, "--reason", "x"]
+            )
+            .status
+            .code(),
+        Some(3)
+    );
 
     // Pending requests: deny, cancel.
     let text = agent.jitctl_ok(CAROL, &["request", "srv-tcp", "--reason", "CHG-1"]);
-    let pending: String = text.split("pending as #").nth(1).unwrap().chars().take_while(char::is_ascii_digit).collect();
+    let pending: String = text
+        .split("pending as #")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     let v = agent.jitctl_json(BOB, &["deny", &pending, "--reason", "not today"]);
     assert_eq!(v["data"]["state"], "denied", "{v}");
-    assert_eq!(agent.jitctl(BOB, &["approve", &pending]).status.code(), Some(3), "approving a denied request");
+    assert_eq!(
+        agent.jitctl(BOB, &["approve", &pending]).status.code(),
+        Some(3),
+        "approving a denied request"
+    );
     let text = agent.jitctl_ok(CAROL, &["request", "srv-tcp", "--reason", "CHG-2"]);
-    let pending: String = text.split("pending as #").nth(1).unwrap().chars().take_while(char::is_ascii_digit).collect();
+    let pending: String = text
+        .split("pending as #")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     let v = agent.jitctl_json(CAROL, &["cancel", &pending]);
     assert_eq!(v["data"]["state"], "cancelled", "{v}");
 
     // list, history, status, policy show, audit, completions.
     let hist = agent.jitctl_json(ROOT, &["list", "--all", "--history"]);
-    let states: Vec<&str> = hist["data"].as_array().unwrap().iter().map(|i| i["state"].as_str().unwrap()).collect();
+    let states: Vec<&str> = hist["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["state"].as_str().unwrap())
+        .collect();
     for s in ["released", "denied", "cancelled"] {
         assert!(states.contains(&s), "{s} missing from {states:?}");
     }
     let table = agent.jitctl_ok(ROOT, &["list", "--all", "--history"]);
-    assert!(table.starts_with("ID") && table.contains("released"), "{table}");
+    assert!(
+        table.starts_with("ID") && table.contains("released"),
+        "{table}"
+    );
     let status = agent.jitctl_json(ALICE, &["status"]);
     assert_eq!(status["data"]["caller"], "alice", "{status}");
     let policy = agent.jitctl_json(ALICE, &["policy", "show"]);
     assert!(policy["data"]["targets"]["srv-tcp"].is_object(), "{policy}");
-    assert_eq!(agent.jitctl(ALICE, &["audit", "tail"]).status.code(), Some(3));
+    assert_eq!(
+        agent.jitctl(ALICE, &["audit", "tail"]).status.code(),
+        Some(3)
+    );
     let tail = agent.jitctl_ok(BOB, &["audit", "tail", "-n", "100"]);
-    for e in ["\"requested\"", "\"extended\"", "\"released\"", "\"denied\"", "\"cancelled\""] {
+    for e in [
+        "\"requested\"",
+        "\"extended\"",
+        "\"released\"",
+        "\"denied\"",
+        "\"cancelled\"",
+    ] {
         assert!(tail.contains(e), "{e} missing from the audit log:\n{tail}");
     }
     let completions = agent.jitctl_ok(ALICE, &["completions", "bash"]);
@@ -103,7 +177,11 @@ fn every_jitctl_command_works_and_refuses_clearly() {
 fn watch_streams_live_events() {
     let (_lab, _scratch, agent) = setup();
     let mut child = std::process::Command::new("setpriv")
-        .args([format!("--reuid={BOB}"), format!("--regid={}", jit_tests::agent::API_GID), "--clear-groups".into()])
+        .args([
+            format!("--reuid={BOB}"),
+            format!("--regid={}", jit_tests::agent::API_GID),
+            "--clear-groups".into(),
+        ])
         .arg(jit_tests::bin_path("jitctl"))
         .arg("--socket")
         .arg(agent.socket())
@@ -117,7 +195,10 @@ fn watch_streams_live_events() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }
@@ -136,7 +217,10 @@ fn watch_streams_live_events() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(seen.iter().any(|l| l.contains("\"activated\"")), "watch saw: {seen:?}");
+    assert!(
+        seen.iter().any(|l| l.contains("\"activated\"")),
+        "watch saw: {seen:?}"
+    );
 }
 
 fn open_grants(agent: &Agent) -> BpfHashMap<MapData, FlowKey, GrantSet> {
@@ -180,13 +264,28 @@ fn a_restart_reconciles_the_kernel_with_the_store() {
     grants.insert(key, forged, 0).unwrap();
     grants.remove(&keys[0]).unwrap();
     drop(grants);
-    assert!(lab.tcp_connect(b, srv, TCP_PORT, SHORT * 5), "the forged entry should work in the kernel");
-    assert!(!lab.tcp_connect(a, srv, TCP_PORT, SHORT), "the deleted entry should be gone");
+    assert!(
+        lab.tcp_connect(b, srv, TCP_PORT, SHORT * 5),
+        "the forged entry should work in the kernel"
+    );
+    assert!(
+        !lab.tcp_connect(a, srv, TCP_PORT, SHORT),
+        "the deleted entry should be gone"
+    );
 
     agent.start_again();
-    assert!(!lab.tcp_connect(b, srv, TCP_PORT, SHORT), "reconcile left a forged grant in the kernel");
-    assert!(lab.tcp_connect(a, srv, TCP_PORT, SHORT * 5), "reconcile did not restore alice's grant");
+    assert!(
+        !lab.tcp_connect(b, srv, TCP_PORT, SHORT),
+        "reconcile left a forged grant in the kernel"
+    );
+    assert!(
+        lab.tcp_connect(a, srv, TCP_PORT, SHORT * 5),
+        "reconcile did not restore alice's grant"
+    );
     let tail = agent.jitctl_ok(ROOT, &["audit", "tail", "-n", "20"]);
     assert!(tail.contains("\"reconciled\""), "{tail}");
-    assert!(tail.contains("\"added\":1") && tail.contains("\"removed\":1"), "{tail}");
+    assert!(
+        tail.contains("\"added\":1") && tail.contains("\"removed\":1"),
+        "{tail}"
+    );
 }

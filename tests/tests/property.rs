@@ -24,7 +24,7 @@ use jit_tests::{
 };
 use rand::{rngs::Xoshiro256PlusPlus, Rng, RngExt, SeedableRng};
 
-const DEFAULT_PACKETS: u64 = 20_000;
+const DEFAULT_PACKETS: u64 = 1_000_000;
 /// Frames judged against one grant set before a new one is drawn.
 const BATCH: u64 = 400;
 const XDP_DROP: u32 = 1;

@@ -34,13 +34,22 @@ fn jitctl(agent: &Agent, uid: u32, who: &str, args: &[&str]) -> String {
 }
 
 fn connect(lab: &Lab, label: &str) -> bool {
-    let ok = lab.tcp_connect(V4.client_b, V4.server_protected, TCP_PORT, Duration::from_millis(500));
+    let ok = lab.tcp_connect(
+        V4.client_b,
+        V4.server_protected,
+        TCP_PORT,
+        Duration::from_millis(500),
+    );
     println!(
         "  {label}: TCP {} -> {}:{} ... {}",
         V4.client_b,
         V4.server_protected,
         TCP_PORT,
-        if ok { "\x1b[32mconnected\x1b[0m" } else { "\x1b[31mblocked\x1b[0m" }
+        if ok {
+            "\x1b[32mconnected\x1b[0m"
+        } else {
+            "\x1b[31mblocked\x1b[0m"
+        }
     );
     ok
 }
@@ -72,25 +81,54 @@ fn run() -> anyhow::Result<()> {
     );
     let policy = lab_policy(&lab, scratch.path(), "");
     let agent = Agent::start(&lab, scratch.path(), &policy);
-    println!("  jit-agent is running in {} with the XDP gate on gate-in", lab.gate_ns());
+    println!(
+        "  jit-agent is running in {} with the XDP gate on gate-in",
+        lab.gate_ns()
+    );
 
     say("Carol has no access: the gate drops her packets");
-    anyhow::ensure!(!connect(&lab, "before any grant"), "the gate let traffic through without a grant");
+    anyhow::ensure!(
+        !connect(&lab, "before any grant"),
+        "the gate let traffic through without a grant"
+    );
 
     say("Carol asks for 6 seconds of access to srv-tcp; her role needs a lead's approval");
-    let text = jitctl(&agent, CAROL, "carol", &["request", "srv-tcp", "--for", "6s", "--reason", "CHG-4711 restart service"]);
+    let text = jitctl(
+        &agent,
+        CAROL,
+        "carol",
+        &[
+            "request",
+            "srv-tcp",
+            "--for",
+            "6s",
+            "--reason",
+            "CHG-4711 restart service",
+        ],
+    );
     let id = text
         .split("pending as #")
         .nth(1)
         .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
         .ok_or_else(|| anyhow::anyhow!("no pending id in: {text}"))?
         .to_owned();
-    anyhow::ensure!(!connect(&lab, "while pending"), "a pending request opened access");
+    anyhow::ensure!(
+        !connect(&lab, "while pending"),
+        "a pending request opened access"
+    );
 
     say("Bob, a lead, approves it: the grant becomes active at approval");
-    jitctl(&agent, BOB, "bob", &["approve", &id, "--reason", "looks fine"]);
+    jitctl(
+        &agent,
+        BOB,
+        "bob",
+        &["approve", &id, "--reason", "looks fine"],
+    );
     let active_at = Instant::now();
-    anyhow::ensure!(connect(&lab, "after approval"), "the approved grant did not open access");
+    anyhow::ensure!(
+        connect(&lab, "after approval"),
+        "the approved grant did not open access"
+    );
     jitctl(&agent, ROOT, "admin", &["list", "--all"]);
 
     say("Waiting for the grant to end by itself (the kernel checks expiry on every packet)");
@@ -101,7 +139,10 @@ fn run() -> anyhow::Result<()> {
     }
     println!();
     std::thread::sleep(Duration::from_millis(200));
-    anyhow::ensure!(!connect(&lab, "after expiry"), "traffic passed after the grant expired");
+    anyhow::ensure!(
+        !connect(&lab, "after expiry"),
+        "traffic passed after the grant expired"
+    );
     jitctl(&agent, ROOT, "admin", &["show", &id]);
 
     say("Everything was recorded in the hash-chained audit log");
