@@ -1,7 +1,8 @@
-//! Baselines for the per-packet benchmark (issue 4): what any XDP program
-//! costs (`bench_drop`), and what the gate's parsing costs before it looks
-//! anything up (`bench_parse`). `bench_parse` compiles the gate's own
-//! `parse.rs`, so the two can never parse differently.
+//! Baselines for the benchmarks (issue 4): what any XDP program costs
+//! (`bench_drop`), what the gate's parsing costs before it looks anything up
+//! (`bench_parse`), and for floods through a real interface a drop that
+//! counts (`bench_count_drop`) and a bare pass (`bench_pass`). `bench_parse`
+//! compiles the gate's own `parse.rs`, so the two can never parse differently.
 #![no_std]
 #![no_main]
 
@@ -11,7 +12,8 @@ mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    macros::xdp,
+    macros::{map, xdp},
+    maps::PerCpuArray,
     programs::XdpContext,
 };
 
@@ -21,6 +23,27 @@ use crate::parse::{parse_l3, parse_l4, L3, L4};
 #[xdp]
 pub fn bench_drop(_ctx: XdpContext) -> u32 {
     XDP_DROP
+}
+
+/// Packets `bench_count_drop` dropped, per CPU.
+#[map]
+static BENCH_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The floor of a flood's drop: XDP_DROP plus the one per-CPU counter any
+/// dropper needs to report what it dropped.
+#[xdp]
+pub fn bench_count_drop(_ctx: XdpContext) -> u32 {
+    if let Some(cell) = BENCH_DROPS.get_ptr_mut(0) {
+        // SAFETY: per-CPU cell; XDP runs with preemption off on this CPU.
+        unsafe { *cell += 1 };
+    }
+    XDP_DROP
+}
+
+/// The floor of granted traffic: the XDP hook with a program that passes all.
+#[xdp]
+pub fn bench_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
 }
 
 /// Parses Ethernet, VLAN tags, IPv4/IPv6 with extension headers and the

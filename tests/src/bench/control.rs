@@ -258,6 +258,9 @@ fn wait_first(probes: &Probes, i: usize, timeout: Duration) -> Option<u64> {
     None
 }
 
+/// Whether a figure meets its target, given (value, baseline).
+type Check = fn(f64, f64) -> bool;
+
 fn pct_row(
     report: &mut Report,
     name: &str,
@@ -265,7 +268,7 @@ fn pct_row(
     base_name: &str,
     base: &mut [f64],
     method: &str,
-    target: Option<(&str, fn(f64, f64) -> bool)>,
+    target: Option<(&str, Check)>,
 ) {
     for p in [50.0, 99.0] {
         let v = percentile(values, p);
@@ -352,9 +355,13 @@ pub fn run(report: &mut Report, plan: &ControlPlan) -> Result<()> {
     let _ = rx_thread.join();
     report.notes.push(format!(
         "§3: the agent is the release jit-agent in the lab's gate namespace; grants go through its Unix \
-         socket API (one connection per request, as the API offers no batch call), each persisted in the \
-         redb store and audit log under {} before the answer. §3 took {:.0} s.",
+         socket API (one connection per request, as the API offers no batch call), each written to the \
+         redb store and the audit log before the answer. Activation and the first throughput figure use an \
+         agent whose state is on the root disk ({}); the scale figures (throughput to {}, restart, expiry, \
+         RSS) use a second agent whose state is on /dev/shm, so that filling it fits in the run. §3 took \
+         {:.0} s.",
         std::env::temp_dir().display(),
+        plan.throughput_grants,
         started.elapsed().as_secs_f64()
     ));
     result
@@ -481,6 +488,18 @@ fn measure(
         ),
         Some(("≥ 10× faster than nft (≤ 0.1×)", |v, b| v <= 0.1 * b)),
     );
+    if let Some(r) = report
+        .rows
+        .iter_mut()
+        .rev()
+        .take(2)
+        .find(|r| r.target.as_ref().is_some_and(|t| !t.met))
+    {
+        r.limit = "the kernel map is updated before the agent answers, but the answer waits for the \
+                   grant's durable store and audit writes, and the request itself (connection, JSON, \
+                   policy checks) costs about as much as starting the nft binary"
+            .into();
+    }
     eprintln!("  §3 API activation done");
 
     // Throughput with the state on disk, time-bounded.
@@ -496,6 +515,12 @@ fn measure(
     report.push(
         Row::new("control", "grant creation throughput through the API, state on disk", disk_rate, "grants/s")
             .target("≥ 20,000 grants/s", disk_rate >= 20_000.0)
+            .limit(
+                "every grant is its own API connection and its own durable write: a redb commit and an \
+                 audit-log append flushed to disk before the answer, under the agent's one core lock, so \
+                 grants are created one at a time at the disk's flush rate; the tmpfs row shows the rate \
+                 without the flushes, and a batch call (absent from the API) would share one flush",
+            )
             .method(format!(
                 "{made} admin grants (of {} asked) from {} parallel clients, one Unix-socket connection per \
                  request, {secs:.1} s (limit {:.0} s); state dir on the root disk ({}); {failed} failed",
@@ -518,7 +543,10 @@ fn measure(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the phases of one benchmark share its setup"
+)]
 fn scale(
     report: &mut Report,
     plan: &ControlPlan,
@@ -549,6 +577,11 @@ fn scale(
         Row::new("control", "grant creation throughput through the API, state on tmpfs", rate, "grants/s")
             .baseline("state on disk", disk_rate)
             .target("≥ 20,000 grants/s", rate >= 20_000.0)
+            .limit(
+                "without disk flushes the per-request work remains: a Unix-socket connection, JSON in and \
+                 out, policy checks, a redb transaction, an audit record, the kernel map update, all \
+                 serialized under the agent's core lock on a 2-core machine shared with the clients",
+            )
             .method(format!(
                 "{made} admin grants (of {}) from {} parallel clients, one connection per request, {secs:.1} s{}; \
                  state dir on /dev/shm: no disk flush, so this isolates the agent's own cost; {failed} failed",

@@ -147,17 +147,29 @@ fn packet_socket(iface: &str) -> io::Result<(i32, libc::sockaddr_ll)> {
     Ok((fd, addr))
 }
 
-/// Sends frames from one thread until `deadline`, `max` packets, or `stop`.
+/// When one sender thread stops, and how fast it goes.
+struct Pace<'a> {
+    rate_pps: Option<f64>,
+    deadline: Instant,
+    max: u64,
+    stop: &'a AtomicBool,
+}
+
+/// Sends frames from one thread, starting at frame `offset`, until the
+/// deadline, `max` packets, or `stop`.
 fn send_loop(
     fd: i32,
     addr: &libc::sockaddr_ll,
     frames: &[Vec<u8>],
-    rate_pps: Option<f64>,
-    deadline: Instant,
-    max: u64,
-    stop: &AtomicBool,
+    pace: Pace<'_>,
     offset: usize,
 ) -> (u64, u64) {
+    let Pace {
+        rate_pps,
+        deadline,
+        max,
+        stop,
+    } = pace;
     let mut iovs: Vec<libc::iovec> = Vec::with_capacity(BATCH);
     let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(BATCH);
     let (mut sent, mut refused) = (0u64, 0u64);
@@ -247,16 +259,13 @@ pub fn flood(spec: &FloodSpec) -> Result<FloodResult> {
                 let stop = &stop;
                 let frames = &spec.frames;
                 scope.spawn(move || {
-                    send_loop(
-                        *fd,
-                        addr,
-                        frames,
-                        per_thread_rate,
+                    let pace = Pace {
+                        rate_pps: per_thread_rate,
                         deadline,
-                        per_thread_max,
+                        max: per_thread_max,
                         stop,
-                        i * frames.len() / 2,
-                    )
+                    };
+                    send_loop(*fd, addr, frames, pace, i * frames.len() / 2)
                 })
             })
             .collect();

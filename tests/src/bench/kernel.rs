@@ -52,7 +52,7 @@ impl KernelPlan {
         KernelPlan {
             counts: vec![1, 1_000, 100_000, 1_000_000],
             flows: 4096,
-            passes: 8,
+            passes: 2,
             hot_repeat: 100,
         }
     }
@@ -137,13 +137,21 @@ fn measure(
     want: Option<u32>,
 ) -> Result<(f64, f64)> {
     let run = |prog: &mut Xdp, frame: &[u8], repeat: u32| -> Result<f64> {
-        let r = prog
-            .test_run(TestRunOptions {
+        // The kernel gives up a run with EINTR when a signal is pending
+        // (net/bpf/test_run.c, bpf_test_timer_continue); such a run is
+        // simply repeated.
+        let mut tries = 0;
+        let r = loop {
+            let r = prog.test_run(TestRunOptions {
                 data_in: Some(frame),
                 repeat,
                 ..TestRunOptions::new()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
+            });
+            match r {
+                Err(e) if tries < 10 && format!("{e:?}").contains("Interrupted") => tries += 1,
+                other => break other.context("BPF_PROG_TEST_RUN")?,
+            }
+        };
         if let Some(want) = want {
             if r.return_value != want {
                 bail!("verdict {} where {want} was expected", r.return_value);
@@ -313,7 +321,14 @@ pub fn run(report: &mut Report, plan: &KernelPlan) -> Result<()> {
                     row = row.baseline(format!("{base_name} {kind}"), b);
                     if name == "granted pass" {
                         let ratio = value / b;
-                        row = row.target("≤ 3× trivial XDP_DROP", ratio <= 3.0);
+                        row = row
+                            .target("≤ 3× trivial XDP_DROP", ratio <= 3.0)
+                            .limit(
+                                "the granted path adds to the parse-only baseline an LPM-trie lookup \
+                                 of the destination (128-bit key), a hash lookup of the 24-byte flow key, \
+                                 bpf_ktime_get_boot_ns, atomic adds on the grant's stats and a per-CPU \
+                                 counter; compare the parse-only rows for the parsing share",
+                            );
                     }
                 }
                 report.push(row);
@@ -338,6 +353,10 @@ pub fn run(report: &mut Report, plan: &KernelPlan) -> Result<()> {
                     .target(
                         format!("≤ 1.3× from {} to {} grants", first.count, last.count),
                         l / f <= 1.3,
+                    )
+                    .limit(
+                        "a map of a million entries no longer fits the CPU caches: each lookup of a \
+                         rotated flow misses to memory",
                     )
                     .method(format!(
                         "ratio of the granted-pass figures above ({kind}); at {} grant(s) fewer distinct granted \

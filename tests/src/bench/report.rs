@@ -75,6 +75,8 @@ pub struct Row {
     pub target: Option<Target>,
     /// How the figure was measured.
     pub method: String,
+    /// What limits the figure, said where its target is missed.
+    pub limit: String,
 }
 
 impl Row {
@@ -92,6 +94,7 @@ impl Row {
             baseline: None,
             target: None,
             method: String::new(),
+            limit: String::new(),
         }
     }
 
@@ -110,6 +113,11 @@ impl Row {
 
     pub fn method(mut self, method: impl Into<String>) -> Row {
         self.method = method.into();
+        self
+    }
+
+    pub fn limit(mut self, limit: impl Into<String>) -> Row {
+        self.limit = limit.into();
         self
     }
 
@@ -180,6 +188,7 @@ impl Report {
                     "target": r.target.as_ref().map(|t| json!({"text": t.text, "met": t.met})),
                     "machine": self.machine.short(),
                     "method": r.method,
+                    "limit": r.limit,
                 })
             })
             .collect();
@@ -279,13 +288,18 @@ impl Report {
                 let t = r.target.as_ref().expect("filtered on targets");
                 let _ = writeln!(
                     out,
-                    "- {} / {}: measured {} {}{} against target {}.",
+                    "- {} / {}: measured {} {}{} against target {}.{}",
                     r.section,
                     r.name,
                     num(r.value),
                     r.unit,
                     r.ratio().map_or(String::new(), |x| format!(" ({x:.3}×)")),
-                    t.text
+                    t.text,
+                    if r.limit.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" What limits it: {}", r.limit)
+                    }
                 );
             }
         }
