@@ -6,7 +6,7 @@ use std::{os::unix::fs::PermissionsExt as _, path::Path, sync::Arc, time::Durati
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{broadcast, Semaphore},
+    sync::{broadcast, OwnedSemaphorePermit, Semaphore},
 };
 use tracing::{debug, warn};
 
@@ -16,6 +16,12 @@ use super::proto::{ApiRequest, ApiResponse, ErrorKind, MAX_REQUEST_BYTES};
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 256;
+/// `watch` streams at once. They give back their connection slot, since
+/// they last as long as the watcher likes and must not starve requests.
+pub const MAX_WATCHERS: usize = 64;
+/// How long one line may take to be written before the reader counts as
+/// gone; only a client that stopped reading fills the socket buffer.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who is calling, as the kernel vouches for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +74,7 @@ pub fn bind(path: &Path, opts: &SocketOptions) -> std::io::Result<UnixListener> 
 /// Serves until the listener fails.
 pub async fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let watchers = Arc::new(Semaphore::new(MAX_WATCHERS));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
@@ -81,22 +88,56 @@ pub async fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>) {
             return;
         };
         let handler = handler.clone();
+        let watchers = watchers.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, handler).await {
+            if let Err(e) = connection(stream, handler, permit, watchers).await {
                 debug!("API connection ended: {e}");
             }
-            drop(permit);
         });
     }
 }
 
-async fn reply(stream: &mut UnixStream, response: &ApiResponse) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(response).expect("responses serialize");
+async fn write_line(
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
+    value: &impl serde::Serialize,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(value).expect("responses and events serialize");
     line.push(b'\n');
-    stream.write_all(&line).await
+    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&line)).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client stopped reading",
+        )),
+    }
 }
 
-async fn connection<H: Handler>(mut stream: UnixStream, handler: Arc<H>) -> std::io::Result<()> {
+async fn reply(stream: &mut UnixStream, response: &ApiResponse) -> std::io::Result<()> {
+    write_line(stream, response).await
+}
+
+/// Parses one request line. serde lets unknown fields through beside the
+/// tag of an operation without fields (`{"op":"status","force":true}`)
+/// despite `deny_unknown_fields`, so the keys sent are also checked against
+/// those of the request they parsed into.
+fn parse_request(line: &[u8]) -> Result<ApiRequest, String> {
+    let request: ApiRequest = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    let sent: serde_json::Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    let known = serde_json::to_value(&request).expect("requests serialize");
+    if let (Some(sent), Some(known)) = (sent.as_object(), known.as_object()) {
+        if let Some(extra) = sent.keys().find(|k| !known.contains_key(*k)) {
+            return Err(format!("unknown field `{extra}`"));
+        }
+    }
+    Ok(request)
+}
+
+async fn connection<H: Handler>(
+    mut stream: UnixStream,
+    handler: Arc<H>,
+    slot: OwnedSemaphorePermit,
+    watchers: Arc<Semaphore>,
+) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
     let caller = Caller {
         uid: cred.uid(),
@@ -117,7 +158,7 @@ async fn connection<H: Handler>(mut stream: UnixStream, handler: Arc<H>) -> std:
             ErrorKind::BadRequest,
             format!("request larger than {MAX_REQUEST_BYTES} bytes"),
         ),
-        Ok(Ok(_)) => match serde_json::from_slice::<ApiRequest>(&line) {
+        Ok(Ok(_)) => match parse_request(&line) {
             Err(e) => ApiResponse::err(ErrorKind::BadRequest, format!("malformed request: {e}")),
             Ok(ApiRequest::Watch) => {
                 // Authorise like any request: the handler refuses unknown uids.
@@ -125,7 +166,17 @@ async fn connection<H: Handler>(mut stream: UnixStream, handler: Arc<H>) -> std:
                 if !check.ok {
                     return reply(&mut stream, &check).await;
                 }
-                return watch(stream, handler).await;
+                let Ok(watching) = watchers.try_acquire_owned() else {
+                    let busy = ApiResponse::err(
+                        ErrorKind::Internal,
+                        format!("too many watchers ({MAX_WATCHERS}) already; try again later"),
+                    );
+                    return reply(&mut stream, &busy).await;
+                };
+                drop(slot);
+                let ended = watch(stream, handler).await;
+                drop(watching);
+                return ended;
             }
             Ok(request) => handler.clone().handle(caller, request).await,
         },
@@ -141,20 +192,55 @@ async fn watch<H: Handler>(mut stream: UnixStream, handler: Arc<H>) -> std::io::
         &ApiResponse::ok("watching", serde_json::Value::Null),
     )
     .await?;
+    let (mut from_client, mut to_client) = stream.split();
+    let mut ignored = [0u8; 256];
     loop {
-        match events.recv().await {
-            Ok(event) => {
-                let mut line = serde_json::to_vec(&event).expect("events serialize");
-                line.push(b'\n');
-                stream.write_all(&line).await?;
-            }
+        let event = tokio::select! {
+            event = events.recv() => event,
+            // A watcher sends nothing more; end of input (or an error) means
+            // it has gone, and waiting for the next event to find out would
+            // hold its descriptor for as long as the gate is quiet.
+            read = from_client.read(&mut ignored) => match read {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => continue,
+            },
+        };
+        match event {
+            Ok(event) => write_line(&mut to_client, &event).await?,
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 let note = serde_json::json!({"event": "lagged", "missed": n});
-                let mut line = serde_json::to_vec(&note).expect("events serialize");
-                line.push(b'\n');
-                stream.write_all(&line).await?;
+                write_line(&mut to_client, &note).await?;
             }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused_beside_operations_without_fields() {
+        for line in [
+            r#"{"op":"status","extra":1}"#,
+            r#"{"op":"watch","all":true}"#,
+            r#"{"op":"policy_reload","force":true}"#,
+            r#"{"op":"release","id":1,"force":true}"#,
+        ] {
+            let err = parse_request(line.as_bytes()).expect_err(line);
+            assert!(err.contains("unknown field"), "{line}: {err}");
+        }
+        assert_eq!(parse_request(br#"{"op":"status"}"#), Ok(ApiRequest::Status));
+        let list = parse_request(br#"{"op":"list","all":true}"#).unwrap();
+        assert_eq!(
+            list,
+            ApiRequest::List {
+                all: true,
+                history: false
+            }
+        );
+        let request = parse_request(br#"{"op":"request","target":"t","reason":null}"#).unwrap();
+        assert!(matches!(request, ApiRequest::Request { .. }));
     }
 }

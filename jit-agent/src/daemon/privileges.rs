@@ -1,23 +1,27 @@
 //! Dropping privileges once start-up is done.
 //!
-//! Start-up needs root's capabilities: it loads and verifies the XDP
-//! program, creates and pins maps, attaches links, and binds, chowns and
-//! chmods the API socket. Afterwards the agent only works on the file
-//! descriptors it already holds, so it keeps:
+//! Start-up needs more: CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON to load the
+//! XDP program (without CAP_PERFMON the verifier refuses its pointer
+//! arithmetic: "pointer arithmetic with it prohibited for !root"), CAP_CHOWN
+//! to give the API socket its group, and CAP_SETPCAP to shrink the bounding
+//! set here. Afterwards the agent works on the file descriptors it holds,
+//! and keeps:
 //!
-//! - `CAP_BPF`: creating a map again (`BPF_MAP_CREATE`) and, with
-//!   `CAP_NET_ADMIN`, loading an XDP program (`BPF_PROG_LOAD`) if a gate must
-//!   be rebuilt.
-//! - `CAP_NET_ADMIN`: attaching XDP through netlink (`RTM_SETLINK`), which is
-//!   how re-attaching after an interface is re-created works where a bpf
-//!   link cannot be made, and the second half of loading an XDP program.
+//! - `CAP_NET_ADMIN`: attaching XDP through netlink (`RTM_SETLINK`), which
+//!   aya falls back to where a bpf link cannot be made, when the gate
+//!   re-attaches to a re-created interface.
+//! - `CAP_BPF`: creating a map again (`BPF_MAP_CREATE`), e.g. should a pin
+//!   have to be rebuilt rather than re-pinned.
 //!
-//! `CAP_SYS_ADMIN` is not kept. On this kernel (6.18) map reads and updates,
+//! Measured on this kernel (6.18), the rest of the agent's work after
+//! start-up needs no capability at all: map lookups, updates and deletes,
 //! ring buffer reads, `BPF_OBJ_GET`/`BPF_OBJ_PIN` on bpffs (plain file
-//! permissions; the pins are root's) and XDP `BPF_LINK_CREATE` on a held
-//! program fd need no capability at all, and the one bpf command that still
-//! demands `CAP_SYS_ADMIN`, `BPF_*_GET_FD_BY_ID`, is never used: the agent
-//! reopens its objects by pin path. SO_PEERCRED needs nothing either.
+//! permissions, and the pins are root's), XDP `BPF_LINK_CREATE` with a held
+//! program fd, `BPF_OBJ_GET_INFO_BY_FD`, and SO_PEERCRED. `CAP_SYS_ADMIN` is
+//! not kept: the one bpf command the agent could want it for,
+//! `BPF_*_GET_FD_BY_ID`, is never used (objects are reopened by pin path).
+//! Nor is `CAP_PERFMON`: the program is never loaded again by a running
+//! agent; a new program means a restart, which begins with the start-up set.
 //!
 //! Capabilities, the bounding set and no_new_privs belong to each thread,
 //! not the process, and the async runtime's threads already exist when
@@ -62,8 +66,6 @@ struct CapData {
     inheritable: u32,
 }
 
-/// Highest capability number the kernel knows, read before any handler runs.
-static LAST_CAP: AtomicU32 = AtomicU32::new(0);
 /// The mask each thread reduces itself to (KEPT_MASK within what it has).
 static TARGET: AtomicU64 = AtomicU64::new(0);
 /// The first failure in any thread: step number and errno.
@@ -106,23 +108,35 @@ fn fail(step: u32) {
 /// signal handler, and idempotent, since a slow thread may be asked twice.
 fn drop_in_this_thread() {
     let target = TARGET.load(Ordering::SeqCst);
-    let last = LAST_CAP.load(Ordering::SeqCst);
-    for cap in 0..=last {
+    // Numbers past the kernel's last capability read as EINVAL, not 1, so
+    // walking all 64 needs no /proc/sys (which a unit may hide).
+    for cap in 0..64u32 {
         if target & (1u64 << cap) != 0 {
             continue;
         }
         // SAFETY: prctl with integer arguments only reads them.
         let present = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) };
-        // SAFETY: as above; dropping needs CAP_SETPCAP, which is still held
+        if present != 1 {
+            continue;
+        }
+        // SAFETY: as above. Dropping needs CAP_SETPCAP, still held here
         // because the capset below comes after.
-        if present == 1
-            && unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0
-        {
+        let dropped = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if dropped != 0 {
             return fail(STEP_BOUNDING);
         }
     }
     // SAFETY: integer arguments only.
-    if unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) } != 0 {
+    if unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
         return fail(STEP_AMBIENT);
     }
     let mut header = CapHeader {
@@ -271,12 +285,6 @@ pub struct Dropped {
 /// permitted and bounding sets, clears the inheritable and ambient sets and
 /// sets no_new_privs; fails unless all threads were reduced.
 pub fn drop_after_startup() -> anyhow::Result<Dropped> {
-    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .context("reading /proc/sys/kernel/cap_last_cap")?
-        .trim()
-        .parse()
-        .context("parsing /proc/sys/kernel/cap_last_cap")?;
-    LAST_CAP.store(last.min(63), Ordering::SeqCst);
     TARGET.store(KEPT_MASK, Ordering::SeqCst);
     set_handler(on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t)
         .context("installing the privilege-drop signal handler")?;
@@ -314,7 +322,10 @@ pub fn drop_after_startup() -> anyhow::Result<Dropped> {
     let step = FAILED_STEP.load(Ordering::SeqCst);
     if step != 0 {
         let err = std::io::Error::from_raw_os_error(FAILED_ERRNO.load(Ordering::SeqCst));
-        bail!("dropping privileges failed while {}: {err}", step_name(step));
+        bail!(
+            "dropping privileges failed while {}: {err}",
+            step_name(step)
+        );
     }
     // Every thread is done; a stray signal of this number must not kill the
     // process (the default for real-time signals).
