@@ -317,7 +317,9 @@ pub fn drop_after_startup() -> anyhow::Result<Dropped> {
             // just exited makes this fail harmlessly with ESRCH.
             unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, drop_signal()) };
         }
-        std::thread::sleep(Duration::from_millis(5));
+        // Long enough for a woken thread to run its handler, so a slow one is
+        // not sent a queue of signals.
+        std::thread::sleep(Duration::from_millis(20));
     };
     let step = FAILED_STEP.load(Ordering::SeqCst);
     if step != 0 {
