@@ -223,7 +223,10 @@ fn count(zone_id: u32, reason: Reason, len: u64) {
 /// per CPU, so a flood cannot starve userspace.
 #[inline(always)]
 fn deny(ctx: &XdpContext, ip: &IpHeader, zone_id: u32, proto: u8, dport: u16, reason: Reason) {
-    debug!(ctx, "jitgate drop zone {} proto {} port {} reason {}", zone_id, proto, dport, reason as u32);
+    debug!(
+        ctx,
+        "jitgate drop zone {} proto {} port {} reason {}", zone_id, proto, dport, reason as u32
+    );
     let limit = match JG_CONFIG.get(0) {
         Some(cfg) => cfg.denied_events_per_sec,
         None => 0,

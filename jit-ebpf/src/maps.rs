@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use jit_common::{
-    counters::COUNTER_ENTRIES, maps, Counter, FlowKey, GateConfig, GrantSet, GrantStats,
-    RateState, ZoneKey, ZoneValue,
+    counters::COUNTER_ENTRIES, maps, Counter, FlowKey, GateConfig, GrantSet, GrantStats, RateState,
+    ZoneKey, ZoneValue,
 };
 
 /// Protected prefixes → zone id. Few entries, so the trie's cost stays flat.

@@ -240,8 +240,10 @@ fn a_restart_reconciles_the_kernel_with_the_store() {
     let keys: Vec<FlowKey> = grants.keys().map(Result::unwrap).collect();
     assert_eq!(keys.len(), 1, "one flow key for alice's grant");
     // Forge an entry nobody granted, and delete alice's.
-    let mut forged = GrantSet::default();
-    forged.count = 1;
+    let mut forged = GrantSet {
+        count: 1,
+        ..Default::default()
+    };
     let mut dst = [0u8; 16];
     dst[10] = 0xff;
     dst[11] = 0xff;

@@ -28,7 +28,14 @@ fn a_full_state_disk_refuses_operations_and_leaves_enforcement_alone() {
     let state = scratch.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     assert!(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "jitgate-test", state.to_str().unwrap()])
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=4m",
+            "jitgate-test",
+            state.to_str().unwrap()
+        ])
         .status()
         .unwrap()
         .success());
@@ -48,18 +55,30 @@ fn a_full_state_disk_refuses_operations_and_leaves_enforcement_alone() {
 
     // Small writes can still land in the slack of files' last pages: make
     // pending requests until the disk refuses one.
-    let before = agent.jitctl_json(ROOT, &["list", "--all"])["data"].as_array().unwrap().len();
+    let before = agent.jitctl_json(ROOT, &["list", "--all"])["data"]
+        .as_array()
+        .unwrap()
+        .len();
     let mut refused = None;
     for i in 0..200 {
         let reason = format!("CHG-{i} {}", "x".repeat(400));
-        let out = agent.jitctl(jit_tests::agent::CAROL, &["request", "srv-tcp", "--reason", &reason]);
+        let out = agent.jitctl(
+            jit_tests::agent::CAROL,
+            &["request", "srv-tcp", "--reason", &reason],
+        );
         if !out.status.success() {
             refused = Some((i, out));
             break;
         }
         // Withdraw it again so the next request is not a duplicate.
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let id: String = text.split("pending as #").nth(1).unwrap().chars().take_while(char::is_ascii_digit).collect();
+        let id: String = text
+            .split("pending as #")
+            .nth(1)
+            .unwrap()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         let out = agent.jitctl(jit_tests::agent::CAROL, &["cancel", &id]);
         if !out.status.success() {
             refused = Some((i, out));
@@ -77,25 +96,45 @@ fn a_full_state_disk_refuses_operations_and_leaves_enforcement_alone() {
         .filter(|v| v["state"] == "pending")
         .cloned()
         .collect();
-    assert!(pending_now.len() <= 1, "half-applied requests: {pending_now:?}");
+    assert!(
+        pending_now.len() <= 1,
+        "half-applied requests: {pending_now:?}"
+    );
     let _ = before;
 
     let from = a.to_string();
-    let out = agent.jitctl(ROOT, &["grant", "alice", "srv-udp", "--from", &from, "--for", "10m", "--reason", "x"]);
+    let out = agent.jitctl(
+        ROOT,
+        &[
+            "grant", "alice", "srv-udp", "--from", &from, "--for", "10m", "--reason", "x",
+        ],
+    );
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(1), "grant on a full disk: {err}");
     assert!(err.contains("nothing was changed"), "{err}");
-    assert!(!lab.udp_request(a, srv, UDP_PORT, SHORT), "a refused grant opened access");
+    assert!(
+        !lab.udp_request(a, srv, UDP_PORT, SHORT),
+        "a refused grant opened access"
+    );
 
     let out = agent.jitctl(ROOT, &["revoke", &tcp.to_string(), "--reason", "x"]);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(1), "revoke on a full disk: {err}");
-    assert!(lab.tcp_connect(a, srv, TCP_PORT, SHORT * 5), "a refused revoke changed enforcement");
-    assert_eq!(agent.jitctl_json(ALICE, &["show", &tcp.to_string()])["data"]["state"], "active");
+    assert!(
+        lab.tcp_connect(a, srv, TCP_PORT, SHORT * 5),
+        "a refused revoke changed enforcement"
+    );
+    assert_eq!(
+        agent.jitctl_json(ALICE, &["show", &tcp.to_string()])["data"]["state"],
+        "active"
+    );
 
     // Room again: operations work, and the audit log still verifies.
     std::fs::remove_file(&filler).unwrap();
-    agent.jitctl_ok(ROOT, &["revoke", &tcp.to_string(), "--reason", "room again"]);
+    agent.jitctl_ok(
+        ROOT,
+        &["revoke", &tcp.to_string(), "--reason", "room again"],
+    );
     assert!(!lab.tcp_connect(a, srv, TCP_PORT, SHORT));
     let verify = agent.jitctl_ok(ROOT, &["audit", "verify"]);
     assert!(verify.contains("intact"), "{verify}");

@@ -198,8 +198,9 @@ impl Gate {
         if let Some(dir) = &opts.pin_dir {
             for spec in pins::map_specs(opts.capacity) {
                 let path = pins::map_pin(dir, spec.name);
-                let data = MapData::from_pin(&path)
-                    .map_err(|e| GateError::map(format!("reopening pinned map {}", path.display()), e))?;
+                let data = MapData::from_pin(&path).map_err(|e| {
+                    GateError::map(format!("reopening pinned map {}", path.display()), e)
+                })?;
                 map_handles.push((spec.name, data));
             }
         }
@@ -770,14 +771,12 @@ impl Gate {
             if held.link.is_none() || held.spare.is_none() {
                 // One reference left: pinning would consume it, and a failed
                 // pin would detach the gate. Keep it attached and say so.
-                if held.link.is_some() || held.spare.is_some() {
-                    if !held.pin_lost_reported {
-                        held.pin_lost_reported = true;
-                        events.push(WatchEvent::PinLost {
-                            path,
-                            error: "an earlier re-pin failed; the gate stays attached only while this agent runs".into(),
-                        });
-                    }
+                if (held.link.is_some() || held.spare.is_some()) && !held.pin_lost_reported {
+                    held.pin_lost_reported = true;
+                    events.push(WatchEvent::PinLost {
+                        path,
+                        error: "an earlier re-pin failed; the gate stays attached only while this agent runs".into(),
+                    });
                 }
                 continue;
             }
