@@ -503,31 +503,33 @@ fn measure(
     eprintln!("  §3 API activation done");
 
     // Throughput with the state on disk, time-bounded.
-    let (made, failed, secs) = create_grants(
+    let disk = create_grants(
         &socket,
         0,
         u64::from(plan.throughput_grants),
         plan.clients,
         plan.disk_limit,
     );
+    let (made, failed, secs) = (disk.made, disk.failed, disk.secs);
     let disk_rate = made as f64 / secs;
     eprintln!("  §3 throughput (disk): {made} grants in {secs:.1} s ({disk_rate:.0}/s)");
     report.push(
         Row::new("control", "grant creation throughput through the API, state on disk", disk_rate, "grants/s")
             .target("≥ 20,000 grants/s", disk_rate >= 20_000.0)
             .limit(
-                "every grant is its own API connection and its own durable write: a redb commit and an \
-                 audit-log append flushed to disk before the answer, under the agent's one core lock, so \
-                 grants are created one at a time at the disk's flush rate; the tmpfs row shows the rate \
-                 without the flushes, and a batch call (absent from the API) would share one flush",
+                "every grant is its own API connection and its own durable writes (a redb commit and an \
+                 audit-log append flushed before the answer) under the agent's one core lock; compare the \
+                 tmpfs row: with few grants held the flushes dominate, with many the agent's growing \
+                 per-request cost does; a batch call, absent from the API, would share one flush",
             )
             .method(format!(
                 "{made} admin grants (of {} asked) from {} parallel clients, one Unix-socket connection per \
-                 request, {secs:.1} s (limit {:.0} s); state dir on the root disk ({}); {failed} failed",
+                 request, {secs:.1} s (limit {:.0} s); state dir on the root disk ({}); {failed} failed; {}",
                 plan.throughput_grants,
                 plan.clients,
                 plan.disk_limit.as_secs_f64(),
-                disk_state.display()
+                disk_state.display(),
+                disk.trend()
             )),
     );
     drop(agent);
@@ -563,13 +565,14 @@ fn scale(
     let pid = agent.pid().context("the agent has no pid")?;
     thread::sleep(Duration::from_millis(300));
     let rss0 = rss_mib(pid)?;
-    let (made, failed, secs) = create_grants(
+    let tmpfs = create_grants(
         &socket,
         0,
         u64::from(plan.throughput_grants),
         plan.clients,
         plan.throughput_limit,
     );
+    let (made, failed, secs) = (tmpfs.made, tmpfs.failed, tmpfs.secs);
     let rate = made as f64 / secs;
     let cut = made < u64::from(plan.throughput_grants);
     eprintln!("  §3 throughput (tmpfs): {made} grants in {secs:.1} s ({rate:.0}/s)");
@@ -578,16 +581,18 @@ fn scale(
             .baseline("state on disk", disk_rate)
             .target("≥ 20,000 grants/s", rate >= 20_000.0)
             .limit(
-                "without disk flushes the per-request work remains: a Unix-socket connection, JSON in and \
-                 out, policy checks, a redb transaction, an audit record, the kernel map update, all \
-                 serialized under the agent's core lock on a 2-core machine shared with the clients",
+                "the rate falls as grants accumulate (see the first and last tenth in the method): the \
+                 agent's cost per request grows with the number of grants it holds, so past a few thousand \
+                 grants each request does work proportional to all of them; the per-request floor \
+                 (connection, JSON, policy checks, store and audit writes, one core lock) comes on top",
             )
             .method(format!(
                 "{made} admin grants (of {}) from {} parallel clients, one connection per request, {secs:.1} s{}; \
-                 state dir on /dev/shm: no disk flush, so this isolates the agent's own cost; {failed} failed",
+                 state dir on /dev/shm: no disk flush, so this isolates the agent's own cost; {failed} failed; {}",
                 plan.throughput_grants,
                 plan.clients,
                 if cut { format!(", stopped at the {:.0} s limit", plan.throughput_limit.as_secs_f64()) } else { String::new() },
+                tmpfs.trend()
             )),
     );
     let held = made;
@@ -602,6 +607,11 @@ fn scale(
     report.push(
         Row::new("control", format!("restart adoption with {held} grants"), restart * 1000.0, "ms")
             .target("≤ 1 s", restart <= 1.0)
+            .limit(
+                "start-up work grows with the grants held: loading every grant from the store, \
+                 rebuilding the lifecycle state and reconciling each against the pinned kernel map before \
+                 the API opens; the 50 ms readiness poll and a jitctl start add up to ~0.1 s",
+            )
             .method(
                 "kill -9, start the agent again, until `jitctl status` answers (polled every 50 ms, so up to \
                  ~50 ms over): opening the store, adopting pinned maps and link, reconciling every grant",
@@ -630,14 +640,14 @@ fn scale(
     );
     let fill_start = Instant::now();
     let want = u64::from(plan.rss_grants).saturating_sub(held);
-    let (added, _, _) = create_grants(
+    let fill = create_grants(
         &socket,
         u64::from(plan.throughput_grants),
         want,
         plan.clients,
         plan.rss_limit,
     );
-    let total = held + added;
+    let total = held + fill.made;
     let rss_full = rss_mib(pid)?;
     let reached = total >= u64::from(plan.rss_grants);
     let mut row = Row::new(
@@ -648,17 +658,29 @@ fn scale(
     )
     .baseline("0 grants", rss0)
     .method(format!(
-        "VmRSS after filling through the API for {:.0} s{}",
+        "VmRSS after filling through the API for {:.0} s ({}){}",
         fill_start.elapsed().as_secs_f64(),
+        fill.trend(),
         if reached {
             String::new()
         } else {
             format!(" (stopped at the limit, short of {})", plan.rss_grants)
         }
     ));
+    let mb = rss_full * 1.048_576;
     if reached {
-        row = row.target("≤ 250 MB at 1M", rss_full * 1.048_576 <= 250.0);
-    } else {
+        row = row.target("≤ 250 MB at 1M", mb <= 250.0);
+    } else if mb > 250.0 {
+        // RSS only grows with more grants: the target is missed already.
+        row = row
+            .target(format!("≤ 250 MB at 1M (already {mb:.0} MB at {total})"), false)
+            .limit(
+                "what the agent keeps in memory per grant (lifecycle records, the gate's mirror of the \
+                 kernel map, store and audit state, allocator overhead; this bench does not break it \
+                 down) is far more than the kernel's entry",
+            );
+    }
+    if !reached {
         let per = (rss_full - rss0) / total.max(1) as f64;
         let projected = rss0 + per * f64::from(plan.rss_grants);
         report.missing.push(format!(
@@ -674,18 +696,31 @@ fn scale(
     Ok(())
 }
 
+/// What a run of grant creations did.
+struct Created {
+    made: u64,
+    failed: u64,
+    secs: f64,
+    /// Rates over the first and the last tenth of the grants made.
+    first_rate: f64,
+    last_rate: f64,
+}
+
+impl Created {
+    fn trend(&self) -> String {
+        format!(
+            "{:.0} grants/s over the first tenth, {:.0} grants/s over the last",
+            self.first_rate, self.last_rate
+        )
+    }
+}
+
 /// Creates grants for sources `from..from + count` from parallel clients
-/// until done or `limit`; (created, failed, seconds).
-fn create_grants(
-    socket: &Path,
-    from: u64,
-    count: u64,
-    clients: usize,
-    limit: Duration,
-) -> (u64, u64, f64) {
+/// until done or `limit`.
+fn create_grants(socket: &Path, from: u64, count: u64, clients: usize, limit: Duration) -> Created {
     let next = AtomicU64::new(from);
-    let done = AtomicU64::new(0);
     let failed = AtomicU64::new(0);
+    let times = std::sync::Mutex::new(Vec::new());
     let t0 = Instant::now();
     let stop_at = t0 + limit;
     thread::scope(|s| {
@@ -697,18 +732,37 @@ fn create_grants(
                         break;
                     }
                     match api_grant(socket, "srv-tcp", grant_source(i as u32), "8h") {
-                        Ok(_) => done.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                    };
+                        Ok(_) => times
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(t0.elapsed().as_secs_f64()),
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
             });
         }
     });
-    (
-        done.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-        t0.elapsed().as_secs_f64(),
-    )
+    let secs = t0.elapsed().as_secs_f64();
+    let mut times = times.into_inner().unwrap_or_else(|p| p.into_inner());
+    times.sort_by(f64::total_cmp);
+    let n = times.len();
+    let tenth = (n / 10).max(1);
+    let (first_rate, last_rate) = if n >= 2 {
+        let first = tenth as f64 / times[tenth - 1].max(1e-9);
+        let span = times[n - 1] - times[n - tenth];
+        (first, tenth as f64 / span.max(1e-9))
+    } else {
+        (f64::NAN, f64::NAN)
+    };
+    Created {
+        made: n as u64,
+        failed: failed.load(Ordering::Relaxed),
+        secs,
+        first_rate,
+        last_rate,
+    }
 }
 
 fn n_extra(plan: &ControlPlan) -> u32 {
