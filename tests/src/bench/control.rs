@@ -846,7 +846,13 @@ fn expiry(
             if missing > 0 { format!("; {missing} not deleted within the limit") } else { String::new() }
         ));
         if p == 99.0 {
-            row = row.target("p99 ≤ 10 ms", v <= 10.0 && missing == 0);
+            row = row.target("p99 ≤ 10 ms", v <= 10.0 && missing == 0).limit(
+                "the agent deletes expired entries from its deadline loop, and that work slows as the \
+                 grants it holds grow (compare a quick run with few grants, and the throughput trend); \
+                 the agent's own histogram, in the notes, counts from the deadline to when its loop takes \
+                 it up, not to the kernel deletion. Enforcement does not wait for it: the program checks \
+                 each rule's expiry itself (next row)",
+            );
         }
         report.push(row);
     }
