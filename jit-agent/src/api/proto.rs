@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 /// Largest request line the agent reads; anything longer is refused.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Most grants one `grant_batch` call may make.
+pub const MAX_BATCH_GRANTS: usize = 1000;
 /// Largest response line jitctl reads.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -49,6 +51,10 @@ pub enum ApiRequest {
         #[serde(default)]
         reason: Option<String>,
     },
+    /// Admin: several direct grants in one call, made all or none.
+    GrantBatch {
+        grants: Vec<GrantItem>,
+    },
     Revoke {
         id: u64,
         #[serde(default)]
@@ -81,6 +87,21 @@ pub enum ApiRequest {
         lines: usize,
     },
     AuditVerify,
+}
+
+/// One grant of a [`ApiRequest::GrantBatch`]; the fields of
+/// [`ApiRequest::Grant`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantItem {
+    pub user: String,
+    pub target: String,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub duration: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// Why a request was refused; jitctl maps each to an exit code.

@@ -353,6 +353,34 @@ impl AuditLog {
         self.write_record(&mut writer, value)
     }
 
+    /// Appends several events as one durable write: after an error none of
+    /// them is in the log.
+    pub fn append_all<T: Serialize>(&self, events: &[T]) -> Result<Vec<AuditRecord>, AuditError> {
+        let mut values = Vec::with_capacity(events.len());
+        for event in events {
+            let value =
+                serde_json::to_value(event).map_err(|source| AuditError::Encode { source })?;
+            let size = serde_json::to_string(&value)
+                .map_err(|source| AuditError::Encode { source })?
+                .len();
+            if size > MAX_EVENT_BYTES {
+                return Err(AuditError::TooLarge {
+                    size,
+                    max: MAX_EVENT_BYTES,
+                });
+            }
+            values.push(value);
+        }
+        let mut writer = self.lock();
+        if writer.needs_recovery {
+            if let Some((bytes, moved_to)) = recover(&self.dir, &self.path, &mut writer)? {
+                writer.pending.push_back(recovered_event(bytes, &moved_to));
+            }
+        }
+        self.write_pending(&mut writer)?;
+        self.write_records(&mut writer, values)
+    }
+
     fn write_pending(&self, writer: &mut Writer) -> Result<Vec<AuditRecord>, AuditError> {
         let mut written = Vec::new();
         while let Some(event) = writer.pending.front().cloned() {
@@ -367,21 +395,47 @@ impl AuditLog {
         writer: &mut Writer,
         value: serde_json::Value,
     ) -> Result<AuditRecord, AuditError> {
-        let event_json =
-            serde_json::to_string(&value).map_err(|source| AuditError::Encode { source })?;
+        let mut records = self.write_records(writer, vec![value])?;
+        Ok(records.remove(0))
+    }
+
+    /// Writes records with one write and one `fdatasync`: all of them
+    /// reach the log or none does.
+    fn write_records(
+        &self,
+        writer: &mut Writer,
+        values: Vec<serde_json::Value>,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
         let now = Utc::now();
         let time = now.to_rfc3339_opts(SecondsFormat::Micros, true);
-        let seq = writer.next_seq;
-        let (line, hash) = chain::encode_line(seq, &time, &writer.prev, &event_json);
-        let mut bytes = line.into_bytes();
-        bytes.push(b'\n');
-        let action = format!("append audit record {seq}");
+        let mut bytes = Vec::new();
+        let mut pending = Vec::with_capacity(values.len());
+        let mut prev = writer.prev.clone();
+        let first_seq = writer.next_seq;
+        for (n, value) in values.into_iter().enumerate() {
+            let event_json =
+                serde_json::to_string(&value).map_err(|source| AuditError::Encode { source })?;
+            let seq = first_seq + n as u64;
+            let (line, hash) = chain::encode_line(seq, &time, &prev, &event_json);
+            let digest = chain::line_digest(line.as_bytes());
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.push(b'\n');
+            pending.push((seq, std::mem::replace(&mut prev, digest), hash, value));
+        }
+        let Some(last_seq) = pending.last().map(|p| p.0) else {
+            return Ok(Vec::new());
+        };
+        let action = if pending.len() == 1 {
+            format!("append audit record {first_seq}")
+        } else {
+            format!("append audit records {first_seq}..={last_seq}")
+        };
         if let Err(e) = writer
             .file
             .write_all(&bytes)
             .and_then(|()| writer.file.sync_data())
         {
-            // Cut off whatever part of the line reached the file, so that a
+            // Cut off whatever part of the lines reached the file, so that a
             // failed append leaves no partial record for the next to follow.
             let cut = writer
                 .file
@@ -397,39 +451,45 @@ impl AuditLog {
             }
             return Err(io_error(&self.dir, &self.path, &action, e));
         }
-        let record = AuditRecord {
-            seq,
-            time: DateTime::parse_from_rfc3339(&time)
-                .map(|t| t.with_timezone(&Utc))
-                .unwrap_or(now),
-            prev: std::mem::replace(
-                &mut writer.prev,
-                chain::line_digest(&bytes[..bytes.len() - 1]),
-            ),
-            event: value,
-            hash: hash.clone(),
-        };
+        let time = DateTime::parse_from_rfc3339(&time)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(now);
+        let records: Vec<AuditRecord> = pending
+            .into_iter()
+            .map(|(seq, prev, hash, event)| AuditRecord {
+                seq,
+                time,
+                prev,
+                event,
+                hash,
+            })
+            .collect();
         writer.len += bytes.len() as u64;
-        writer.next_seq += 1;
-        let head = Anchor { seq, hash };
+        writer.next_seq = last_seq + 1;
+        writer.prev = prev;
+        let head = Anchor {
+            seq: last_seq,
+            hash: records.last().map(|r| r.hash.clone()).unwrap_or_default(),
+        };
         if let Some(sink) = &self.anchor {
-            // The record is already durable, so a failure here must not be
-            // reported as a failed append (the caller would write it again).
+            // The records are already durable, so a failure here must not be
+            // reported as a failed append (the caller would write them again).
             // An anchor that lags behind still verifies; it only protects less.
             if let Err(e) = sink.store_anchor(&head) {
-                tracing::error!(error = %e, seq, "could not store the audit anchor");
+                tracing::error!(error = %e, seq = last_seq, "could not store the audit anchor");
             }
         }
         writer.head = Some(head);
-        for subscriber in self
+        let subscribers = self
             .subscribers
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            subscriber(&record);
+            .unwrap_or_else(PoisonError::into_inner);
+        for record in &records {
+            for subscriber in subscribers.iter() {
+                subscriber(record);
+            }
         }
-        Ok(record)
+        Ok(records)
     }
 
     /// Calls `f` with every record appended from now on, in order, right

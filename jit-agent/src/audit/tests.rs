@@ -214,3 +214,40 @@ fn a_damaged_last_line_does_not_stop_auditing() {
     let err = verify(&path).unwrap_err();
     assert_eq!(err.problem(), Some(&Problem::HashMismatch { line: 2 }));
 }
+
+#[test]
+fn a_batch_appends_as_one_chained_durable_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(MemoryAnchor::default());
+    let log = AuditLog::open_with_anchor(dir.path(), Arc::clone(&sink)).unwrap();
+    let seen = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&seen);
+    log.subscribe(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    log.append(&event(1)).unwrap();
+    let batch = log.append_all(&[event(2), event(3), event(4)]).unwrap();
+    assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3, 4]);
+    log.append(&event(5)).unwrap();
+    assert!(log.append_all::<serde_json::Value>(&[]).unwrap().is_empty());
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        5,
+        "subscribers see each record"
+    );
+    assert_eq!(sink.load_anchor().unwrap().unwrap().seq, 5);
+    let read: Vec<AuditRecord> = log.records().unwrap().map(Result::unwrap).collect();
+    assert_eq!(read[1..4].to_vec(), batch);
+    let report = verify(log.path()).unwrap();
+    assert_eq!(report.records, 5);
+}
+
+#[test]
+fn an_oversized_event_refuses_the_whole_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path()).unwrap();
+    let big = serde_json::json!({"blob": "x".repeat(MAX_EVENT_BYTES)});
+    assert!(log.append_all(&[event(1), big]).is_err());
+    assert_eq!(log.head(), None, "nothing of the batch was written");
+    assert_eq!(std::fs::metadata(log.path()).unwrap().len(), 0);
+}

@@ -70,6 +70,18 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Admin: make many grants in one call, all or none.
+    ///
+    /// FILE (or `-` for standard input) holds a JSON array of grants, each
+    /// with the fields of `jitctl grant`: {"user": "alice", "target": "plc",
+    /// "source": "10.1.0.5", "duration": "30m", "reason": "..."}; `source`
+    /// and `duration` may be left out. If any grant is refused, none is made
+    /// and the error names the first one refused. At most 1,000 grants, in
+    /// at most 64 KiB of JSON.
+    GrantBatch {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Admin: end any grant now (or refuse a pending request).
     Revoke {
         id: u64,

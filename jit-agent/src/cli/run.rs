@@ -10,14 +10,24 @@ use super::{
 };
 use crate::api::{
     client,
-    proto::{ApiRequest, ApiResponse},
+    proto::{ApiRequest, ApiResponse, GrantItem, MAX_BATCH_GRANTS, MAX_REQUEST_BYTES},
     view::{AccessView, StatusView},
 };
 
 /// Runs one command; errors are printed here, so the caller only exits.
 pub fn run(cli: Cli) -> u8 {
-    let Some(request) = cli.command.clone_request() else {
-        return run_local(&cli.command);
+    let request = match &cli.command {
+        Command::GrantBatch { file } => match batch_request(file) {
+            Ok(request) => request,
+            Err(message) => {
+                eprintln!("jitctl: {message}");
+                return exit::USAGE;
+            }
+        },
+        command => match command.clone_request() {
+            Some(request) => request,
+            None => return run_local(command),
+        },
     };
     if let ApiRequest::Watch = request {
         return watch(&cli);
@@ -51,6 +61,41 @@ fn run_local(command: &Command) -> u8 {
         } => super::local::audit_verify(file),
         _ => unreachable!("every other command is an API request"),
     }
+}
+
+/// Reads a grant batch file (`-`: standard input) and checks it against
+/// the agent's limits before anything is sent.
+fn batch_request(file: &std::path::Path) -> Result<ApiRequest, String> {
+    use std::io::Read as _;
+    let shown = file.display();
+    let mut text = String::new();
+    let read = if file.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text)
+    } else {
+        std::fs::File::open(file).and_then(|mut f| f.read_to_string(&mut text))
+    };
+    read.map_err(|e| format!("cannot read the batch file {shown}: {e}"))?;
+    let grants: Vec<GrantItem> = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{shown}:{}:{}: {e} (expected a JSON array of {{\"user\", \"target\", \"source\", \"duration\", \"reason\"}})",
+            e.line(),
+            e.column()
+        )
+    })?;
+    if grants.is_empty() || grants.len() > MAX_BATCH_GRANTS {
+        return Err(format!(
+            "{shown} holds {} grants; a batch holds 1 to {MAX_BATCH_GRANTS}: split the file",
+            grants.len()
+        ));
+    }
+    let request = ApiRequest::GrantBatch { grants };
+    let size = serde_json::to_vec(&request).map_or(0, |v| v.len());
+    if size >= MAX_REQUEST_BYTES {
+        return Err(format!(
+            "{shown} makes a {size}-byte request; the agent reads at most {MAX_REQUEST_BYTES} bytes: split the file"
+        ));
+    }
+    Ok(request)
 }
 
 impl Command {
@@ -116,7 +161,7 @@ impl Command {
                 AuditCommand::Verify { file: None } => ApiRequest::AuditVerify,
                 AuditCommand::Verify { file: Some(_) } => return None,
             },
-            Command::Completions { .. } => return None,
+            Command::Completions { .. } | Command::GrantBatch { .. } => return None,
         })
     }
 }
@@ -144,7 +189,7 @@ fn print_response(cli: &Cli, request: &ApiRequest, response: ApiResponse) -> u8 
         println!("{message}");
     }
     match request {
-        ApiRequest::List { .. } => {
+        ApiRequest::List { .. } | ApiRequest::GrantBatch { .. } => {
             match serde_json::from_value::<Vec<AccessView>>(response.data.clone()) {
                 Ok(items) => print!("{}", render::table(&items)),
                 Err(e) => eprintln!("jitctl: unexpected list from the agent: {e}"),

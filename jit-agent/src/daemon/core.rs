@@ -22,7 +22,7 @@ use crate::{
         AuditLog,
     },
     gate::{clock, Gate, GrantSpec},
-    lifecycle::{AuditEvent, Engine, Grant, GrantState, Outcome, Records, Request, SystemClock},
+    lifecycle::{AuditEvent, Engine, Grant, Outcome, Records, Request, SystemClock},
     metrics::{self, Metrics},
     policy::Policy,
     store::Store,
@@ -73,6 +73,9 @@ pub enum OpError {
     Refused(#[from] crate::lifecycle::Refusal),
     #[error("{0}")]
     Internal(String),
+    /// One item of a batch failed, so none of the batch was applied.
+    #[error("grant {} of the batch: {error}; no grant of the batch was made", .index + 1)]
+    Item { index: usize, error: Box<OpError> },
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> OpError {
@@ -404,27 +407,40 @@ impl Core {
         }
     }
 
-    /// Opens a new grant: kernel first, then the store; a failed commit
-    /// takes the kernel entries out again.
-    fn open_grant(&mut self, grant: &Grant) -> Result<(), OpError> {
-        let slot = self
-            .gate
-            .allocate_slot()
-            .map_err(|e| internal("no room in the gate", e))?;
-        let spec = self.spec(grant, slot);
-        if let Err(e) = self.gate.install(&spec) {
-            self.gate.free_slot(slot);
-            self.rollback_engine();
-            return Err(internal("installing the grant in the kernel failed", e));
+    /// Opens new grants: kernel first, then the store in one commit; a
+    /// failure takes every kernel entry of them out again.
+    fn open_grants(&mut self, grants: &[Grant]) -> Result<(), OpError> {
+        let mut installed = Vec::with_capacity(grants.len());
+        let mut failure = None;
+        for grant in grants {
+            let slot = match self.gate.allocate_slot() {
+                Ok(slot) => slot,
+                Err(e) => {
+                    failure = Some(internal("no room in the gate", e));
+                    break;
+                }
+            };
+            if let Err(e) = self.gate.install(&self.spec(grant, slot)) {
+                self.gate.free_slot(slot);
+                failure = Some(internal("installing the grant in the kernel failed", e));
+                break;
+            }
+            self.slots.insert(grant.id, slot);
+            installed.push(grant.id);
         }
-        self.slots.insert(grant.id, slot);
-        if let Err(e) = self.persist_outcome_ids([grant.id]) {
-            let _ = self.gate.remove(slot);
-            self.slots.remove(&grant.id);
+        let result = match failure {
+            Some(e) => Err(e),
+            None => self.persist_outcome_ids(grants.iter().map(|g| g.id)),
+        };
+        if result.is_err() {
+            for id in installed {
+                if let Some(slot) = self.slots.remove(&id) {
+                    let _ = self.gate.remove(slot);
+                }
+            }
             self.rollback_engine();
-            return Err(e);
         }
-        Ok(())
+        result
     }
 
     /// Closes a grant: store first, then the kernel.
@@ -475,7 +491,7 @@ impl Core {
             crate::lifecycle::Requested::Active(g) => {
                 let g = g.clone();
                 self.audit_first(&out.events, None)?;
-                self.effect(&out.events, |c| c.open_grant(&g))?;
+                self.effect(&out.events, |c| c.open_grants(std::slice::from_ref(&g)))?;
                 Ok((message, self.view_of(g.id)))
             }
         }
@@ -497,7 +513,7 @@ impl Core {
             }
             crate::lifecycle::Approved::Activated(g) => {
                 let g = g.clone();
-                self.effect(&out.events, |c| c.open_grant(&g))?;
+                self.effect(&out.events, |c| c.open_grants(std::slice::from_ref(&g)))?;
             }
         }
         Ok((message, self.view_of(id)))
@@ -525,7 +541,7 @@ impl Core {
         let out = self.engine.grant(admin, req)?;
         let g = out.value.clone();
         self.audit_first(&out.events, None)?;
-        self.effect(&out.events, |c| c.open_grant(&g))?;
+        self.effect(&out.events, |c| c.open_grants(std::slice::from_ref(&g)))?;
         Ok((
             format!(
                 "grant #{} is active until {} ({})",
@@ -535,6 +551,40 @@ impl Core {
             ),
             self.view_of(g.id),
         ))
+    }
+
+    /// Admin: many grants in one call, all or none. The batch shares one
+    /// audit write and one store commit, which is what makes it fast.
+    pub fn grant_batch(
+        &mut self,
+        admin: &str,
+        reqs: Vec<crate::lifecycle::AccessRequest>,
+    ) -> Result<Vec<Grant>, OpError> {
+        let mut made: Vec<Grant> = Vec::with_capacity(reqs.len());
+        let mut events = Vec::with_capacity(reqs.len());
+        for (index, req) in reqs.into_iter().enumerate() {
+            match self.engine.grant(admin, req) {
+                Ok(out) => {
+                    events.extend(out.events);
+                    made.push(out.value);
+                }
+                Err(refusal) => {
+                    self.engine.discard_new(made.iter().map(|g| g.id));
+                    return Err(OpError::Item {
+                        index,
+                        error: Box::new(refusal.into()),
+                    });
+                }
+            }
+        }
+        if let Err(e) = self.audit.append_all(&events) {
+            self.engine.discard_new(made.iter().map(|g| g.id));
+            return Err(OpError::Internal(format!(
+                "the audit log cannot be written ({e}); the batch was refused and nothing was changed"
+            )));
+        }
+        self.effect(&events, |c| c.open_grants(&made))?;
+        Ok(made)
     }
 
     pub fn end(
@@ -614,17 +664,26 @@ impl Core {
             self.audit_end(&expired.events, g, *stats);
         }
         self.record_events(&timed_out.events);
-        let pruned = self.engine.prune(HISTORY_KEEP);
-        if !pruned.is_empty() {
-            let _ = self.store.transaction(|tx| {
-                for id in &pruned {
-                    tx.remove_request(*id)?;
-                    tx.remove_grant(*id)?;
-                }
-                Ok::<(), crate::store::StoreError>(())
-            });
-        }
         lags
+    }
+
+    /// Forgets history older than `HISTORY_KEEP`. A full scan, so it runs
+    /// from the minute loop, not on every expiry.
+    pub fn prune_history(&mut self) {
+        let pruned = self.engine.prune(HISTORY_KEEP);
+        if pruned.is_empty() {
+            return;
+        }
+        let result = self.store.transaction(|tx| {
+            for id in &pruned {
+                tx.remove_request(*id)?;
+                tx.remove_grant(*id)?;
+            }
+            Ok::<(), crate::store::StoreError>(())
+        });
+        if let Err(e) = result {
+            warn!("forgetting {} old records in the store failed: {e}; they are listed again after a restart", pruned.len());
+        }
     }
 
     pub fn view_of(&self, id: u64) -> serde_json::Value {
@@ -813,10 +872,10 @@ impl Shared {
     pub fn refresh_counts(&self, core: &Core) {
         self.metrics
             .active_grants
-            .set(core.engine.active_grants().count() as i64);
+            .set(core.engine.active_count() as i64);
         self.metrics
             .pending_requests
-            .set(core.engine.pending_requests().count() as i64);
+            .set(core.engine.pending_count() as i64);
     }
 }
 
@@ -888,16 +947,23 @@ pub async fn expiry_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Closes denied-attempt minutes that have ended.
+/// Ticks of the minute loop between two history prunes.
+const PRUNE_EVERY_TICKS: u64 = 12;
+
+/// Closes denied-attempt minutes that have ended and, once a minute, forgets
+/// old history.
 pub async fn minute_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
+    for n in 0u64.. {
         tick.tick().await;
         let s = shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let mut core = s.lock();
             if let Some(minute) = core.denied.flush_due(Utc::now()) {
                 core.record_denied_minute(minute);
+            }
+            if n % PRUNE_EVERY_TICKS == 0 {
+                core.prune_history();
             }
         })
         .await;
@@ -935,18 +1001,6 @@ pub fn pick_source(user: &crate::policy::User, given: Option<&str>) -> Result<Ip
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
-    }
-}
-
-impl GrantState {
-    /// The metrics outcome label of an end state.
-    pub fn outcome(self) -> &'static str {
-        match self {
-            GrantState::Active => "activated",
-            GrantState::Expired => "expired",
-            GrantState::Revoked => "revoked",
-            GrantState::Released => "released",
-        }
     }
 }
 

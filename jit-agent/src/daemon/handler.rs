@@ -8,12 +8,12 @@ use tokio::sync::broadcast;
 use super::core::{pick_source, OpError, Shared};
 use crate::{
     api::{
-        proto::{ApiRequest, ApiResponse, ErrorKind},
+        proto::{ApiRequest, ApiResponse, ErrorKind, GrantItem, MAX_BATCH_GRANTS},
         server::{Caller, Handler},
         view::{AccessView, StatusView},
     },
     lifecycle::{AccessRequest, ListFilter, RefusalKind},
-    policy::{parse_duration, User},
+    policy::{parse_duration, Policy, User},
 };
 
 impl Handler for Shared {
@@ -32,18 +32,41 @@ impl Handler for Shared {
 }
 
 fn refusal(e: OpError) -> ApiResponse {
+    ApiResponse::err(error_kind(&e), e.to_string())
+}
+
+fn error_kind(e: &OpError) -> ErrorKind {
     match e {
-        OpError::Refused(r) => {
-            let kind = match r.kind() {
-                RefusalKind::NotFound => ErrorKind::NotFound,
-                RefusalKind::Forbidden => ErrorKind::Forbidden,
-                RefusalKind::Invalid | RefusalKind::NotNow => ErrorKind::Policy,
-                RefusalKind::Conflict => ErrorKind::Conflict,
-            };
-            ApiResponse::err(kind, r.to_string())
-        }
-        OpError::Internal(message) => ApiResponse::err(ErrorKind::Internal, message),
+        OpError::Refused(r) => match r.kind() {
+            RefusalKind::NotFound => ErrorKind::NotFound,
+            RefusalKind::Forbidden => ErrorKind::Forbidden,
+            RefusalKind::Invalid | RefusalKind::NotNow => ErrorKind::Policy,
+            RefusalKind::Conflict => ErrorKind::Conflict,
+        },
+        OpError::Internal(_) => ErrorKind::Internal,
+        OpError::Item { error, .. } => error_kind(error),
     }
+}
+
+/// The access request of an admin's direct grant, or the answer refusing it.
+fn admin_grant(policy: &Policy, item: GrantItem) -> Result<AccessRequest, ApiResponse> {
+    let Some(holder) = policy.user(&item.user) else {
+        return Err(ApiResponse::err(
+            ErrorKind::NotFound,
+            format!("`{}` is not a user in the policy", item.user),
+        ));
+    };
+    let source = pick_source(holder, item.source.as_deref())
+        .map_err(|m| ApiResponse::err(ErrorKind::Policy, m))?;
+    let duration = parse_dur(item.duration.as_deref())?;
+    Ok(AccessRequest {
+        user: item.user,
+        target: item.target,
+        source,
+        duration,
+        role: None,
+        reason: item.reason,
+    })
 }
 
 fn bad(message: impl Into<String>) -> ApiResponse {
@@ -167,33 +190,66 @@ impl Shared {
                         format!("only admins may grant access directly, and {name} is not one; use `jitctl request`"),
                     );
                 }
-                let policy = self.policy_snapshot();
-                let Some(holder_user) = policy.user(&holder) else {
-                    return ApiResponse::err(
-                        ErrorKind::NotFound,
-                        format!("`{holder}` is not a user in the policy"),
-                    );
+                let item = GrantItem {
+                    user: holder,
+                    target,
+                    source,
+                    duration,
+                    reason,
                 };
-                let source = match pick_source(holder_user, source.as_deref()) {
-                    Ok(s) => s,
-                    Err(m) => return ApiResponse::err(ErrorKind::Policy, m),
-                };
-                let duration = match parse_dur(duration.as_deref()) {
-                    Ok(d) => d,
+                let req = match admin_grant(&self.policy_snapshot(), item) {
+                    Ok(req) => req,
                     Err(r) => return r,
                 };
-                let result = self.lock().grant(
-                    name,
-                    AccessRequest {
-                        user: holder,
-                        target,
-                        source,
-                        duration,
-                        role: None,
-                        reason,
-                    },
-                );
+                let result = self.lock().grant(name, req);
                 done(result, "activated")
+            }
+            ApiRequest::GrantBatch { grants } => {
+                if !user.admin {
+                    return ApiResponse::err(
+                        ErrorKind::Forbidden,
+                        format!("only admins may grant access directly, and {name} is not one; use `jitctl request`"),
+                    );
+                }
+                if grants.is_empty() || grants.len() > MAX_BATCH_GRANTS {
+                    return bad(format!(
+                        "a batch holds 1 to {MAX_BATCH_GRANTS} grants, not {}; split it",
+                        grants.len()
+                    ));
+                }
+                let policy = self.policy_snapshot();
+                let mut reqs = Vec::with_capacity(grants.len());
+                for (n, item) in grants.into_iter().enumerate() {
+                    match admin_grant(&policy, item) {
+                        Ok(req) => reqs.push(req),
+                        Err(mut r) => {
+                            if let Some(e) = r.error.as_mut() {
+                                e.message = format!(
+                                    "grant {} of the batch: {}; no grant of the batch was made",
+                                    n + 1,
+                                    e.message
+                                );
+                            }
+                            return r;
+                        }
+                    }
+                }
+                let mut core = self.lock();
+                match core.grant_batch(name, reqs) {
+                    Ok(made) => {
+                        for _ in &made {
+                            self.transition("activated");
+                        }
+                        self.deadline_changed.notify_one();
+                        let views: Vec<serde_json::Value> =
+                            made.iter().map(|g| core.view_of(g.id)).collect();
+                        ApiResponse::ok(
+                            format!("{} grants are active", made.len()),
+                            serde_json::Value::Array(views),
+                        )
+                    }
+                    Err(e) => refusal(e),
+                }
             }
             ApiRequest::Revoke { id, reason } => {
                 let mut core = self.lock();
@@ -364,8 +420,8 @@ impl Shared {
             pin_dir: core.policy.gate().bpffs_dir.display().to_string(),
             policy: core.policy_path.display().to_string(),
             zones: core.policy.zones().len(),
-            active_grants: core.engine.active_grants().count() as u64,
-            pending_requests: core.engine.pending_requests().count() as u64,
+            active_grants: core.engine.active_count() as u64,
+            pending_requests: core.engine.pending_count() as u64,
             grant_capacity: core.gate.capacity(),
             flow_entries: core.gate.flow_count() as u64,
             caller: user.name.clone(),

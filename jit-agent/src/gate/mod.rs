@@ -4,6 +4,7 @@
 pub mod addr;
 pub mod clock;
 mod error;
+mod flows;
 pub mod pins;
 pub mod rules;
 
@@ -25,6 +26,7 @@ use jit_common::{
 };
 use tracing::{info, warn};
 
+use self::flows::FlowTable;
 pub use self::{
     error::GateError,
     rules::{GrantSpec, RuleSpec, ZoneTable},
@@ -103,8 +105,10 @@ pub struct Gate {
     zones: ZoneTable,
     /// Mirror of the grant map, so updates are read-modify-write without a
     /// syscall per read and a failed batch can be rolled back.
-    flows: HashMap<FlowKey, GrantSet>,
+    flows: FlowTable,
     used_slots: BTreeSet<u32>,
+    /// Slots below `next_slot` given back, reused before new ones.
+    free_slots: Vec<u32>,
     next_slot: u32,
     links: Vec<HeldLink>,
     /// A handle on every pinned map, to pin it again if its file goes.
@@ -204,20 +208,14 @@ impl Gate {
                 map_handles.push((spec.name, data));
             }
         }
-        let mut flows = HashMap::new();
+        let mut flows = FlowTable::default();
         for entry in grants_map.iter() {
             let (key, set) = entry.map_err(|e| GateError::map("reading pinned grants", e))?;
-            flows.insert(key, set);
+            flows.set(key, set);
         }
-        let used_slots: BTreeSet<u32> = flows
-            .values()
-            .flat_map(|set| {
-                set.rules[..set.count as usize]
-                    .iter()
-                    .map(|r| r.stats_index)
-            })
-            .collect();
+        let used_slots: BTreeSet<u32> = flows.slots().collect();
         let next_slot = used_slots.last().map_or(0, |s| s + 1);
+        let free_slots = unused_below(&used_slots, next_slot);
         Ok(Gate {
             ebpf,
             pin_dir: opts.pin_dir.clone(),
@@ -231,6 +229,7 @@ impl Gate {
             zones: ZoneTable::default(),
             flows,
             used_slots,
+            free_slots,
             next_slot,
             links: Vec::new(),
             map_handles,
@@ -407,23 +406,27 @@ impl Gate {
 
     /// Reserves a stats slot for a new grant.
     pub fn allocate_slot(&mut self) -> Result<u32, GateError> {
-        let slot = if self.next_slot < self.capacity {
-            self.next_slot += 1;
-            self.next_slot - 1
-        } else {
-            (0..self.capacity)
-                .find(|s| !self.used_slots.contains(s))
-                .ok_or(GateError::CapacityFull {
-                    capacity: self.capacity,
-                })?
-        };
+        while let Some(slot) = self.free_slots.pop() {
+            if self.used_slots.insert(slot) {
+                return Ok(slot);
+            }
+        }
+        if self.next_slot >= self.capacity {
+            return Err(GateError::CapacityFull {
+                capacity: self.capacity,
+            });
+        }
+        let slot = self.next_slot;
+        self.next_slot += 1;
         self.used_slots.insert(slot);
         Ok(slot)
     }
 
     /// Releases a slot reserved by `allocate_slot` that was never installed.
     pub fn free_slot(&mut self, slot: u32) {
-        self.used_slots.remove(&slot);
+        if self.used_slots.remove(&slot) {
+            self.free_slots.push(slot);
+        }
     }
 
     /// Writes changed flow sets to the kernel; on failure restores the sets
@@ -451,11 +454,7 @@ impl Gate {
             done.push((*key, self.flows.get(key).copied()));
         }
         for (key, set) in changes {
-            if set.count == 0 {
-                self.flows.remove(&key);
-            } else {
-                self.flows.insert(key, set);
-            }
+            self.flows.set(key, set);
         }
         Ok(())
     }
@@ -464,6 +463,12 @@ impl Gate {
     pub fn install(&mut self, spec: &GrantSpec) -> Result<(), GateError> {
         let rules = rules::kernel_rules(spec, &self.zones)?;
         let mut changes: HashMap<FlowKey, GrantSet> = HashMap::new();
+        // A re-install may move the slot off keys it held before.
+        for key in self.flows.keys_of(spec.slot) {
+            let mut set = self.flows.get(key).copied().unwrap_or_default();
+            rules::remove_slot(&mut set, spec.slot);
+            changes.insert(*key, set);
+        }
         for (key, rule) in rules {
             // A re-install replaces the slot's old rules: drop them once, when
             // the key's set is first copied, not for every rule of the grant.
@@ -484,18 +489,16 @@ impl Gate {
     /// Changes the kernel expiry of an installed grant's rules.
     pub fn set_expiry(&mut self, slot: u32, expires_at_boot_ns: u64) -> Result<(), GateError> {
         let mut changes = HashMap::new();
-        for (key, set) in &self.flows {
-            let mut set = *set;
-            let mut touched = false;
+        for key in self.flows.keys_of(slot) {
+            let Some(mut set) = self.flows.get(key).copied() else {
+                continue;
+            };
             for rule in &mut set.rules[..set.count as usize] {
                 if rule.stats_index == slot {
                     rule.expires_at_ns = expires_at_boot_ns;
-                    touched = true;
                 }
             }
-            if touched {
-                changes.insert(*key, set);
-            }
+            changes.insert(*key, set);
         }
         if changes.is_empty() {
             return Err(GateError::UnknownGrant { id: slot as u64 });
@@ -506,19 +509,15 @@ impl Gate {
     /// Removes a grant's rules and returns its final stats.
     pub fn remove(&mut self, slot: u32) -> Result<GrantStats, GateError> {
         let mut changes = HashMap::new();
-        for (key, set) in &self.flows {
-            if set.rules[..set.count as usize]
-                .iter()
-                .any(|r| r.stats_index == slot)
-            {
-                let mut set = *set;
+        for key in self.flows.keys_of(slot) {
+            if let Some(mut set) = self.flows.get(key).copied() {
                 rules::remove_slot(&mut set, slot);
                 changes.insert(*key, set);
             }
         }
         let stats = self.stats(slot)?;
         self.apply(changes)?;
-        self.used_slots.remove(&slot);
+        self.free_slot(slot);
         Ok(stats)
     }
 
@@ -528,7 +527,7 @@ impl Gate {
         let desired = rules::desired_sets(grants, &self.zones)?;
         let mut changes = HashMap::new();
         let mut report = ReconcileReport::default();
-        for (key, set) in &self.flows {
+        for (key, set) in self.flows.iter() {
             if !desired.contains_key(key) {
                 changes.insert(*key, GrantSet::default());
                 report.removed += set.count as usize;
@@ -550,6 +549,7 @@ impl Gate {
         self.apply(changes)?;
         self.used_slots = grants.iter().map(|g| g.slot).collect();
         self.next_slot = self.used_slots.last().map_or(0, |s| s + 1);
+        self.free_slots = unused_below(&self.used_slots, self.next_slot);
         Ok(report)
     }
 
@@ -664,6 +664,12 @@ impl HeldLink {
             pin_lost_reported: false,
         }
     }
+}
+
+/// Slots below `next` not in `used`, highest first so that `pop` reuses
+/// the lowest.
+fn unused_below(used: &BTreeSet<u32>, next: u32) -> Vec<u32> {
+    (0..next).rev().filter(|s| !used.contains(s)).collect()
 }
 
 fn ifindex(iface: &str) -> u32 {

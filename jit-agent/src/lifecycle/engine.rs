@@ -8,7 +8,6 @@
 //! engine, apply the operation to the clone, persist the records named by
 //! the events' ids, and only then swap the clone in.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use super::state::{
     Actor, ApprovalRecord, Closed, Grant, GrantRule, GrantState, Origin, Records, Request,
     RequestState,
 };
+use super::table::Table;
 use crate::policy::{format_duration, format_local, Policy, Role, Target, User};
 
 /// Longest reason or ticket text accepted.
@@ -189,8 +189,8 @@ pub enum RestoreError {
 pub struct Engine {
     policy: Arc<Policy>,
     clock: Arc<dyn Clock>,
-    requests: BTreeMap<u64, Request>,
-    grants: BTreeMap<u64, Grant>,
+    requests: Table<Request>,
+    grants: Table<Grant>,
     next_id: u64,
 }
 
@@ -263,8 +263,8 @@ impl Engine {
         Engine {
             policy,
             clock,
-            requests: BTreeMap::new(),
-            grants: BTreeMap::new(),
+            requests: Table::default(),
+            grants: Table::default(),
             next_id: 1,
         }
     }
@@ -291,7 +291,7 @@ impl Engine {
                 r.pending_until_boot_ns = now.boot_after(wall_diff(r.pending_until_wall, now.wall));
                 r.boot_id.clone_from(&boot_id);
             }
-            if engine.requests.insert(r.id, r.clone()).is_some() {
+            if engine.requests.insert(r.clone()).is_some() {
                 return Err(RestoreError::DuplicateRequest { id: r.id });
             }
         }
@@ -302,7 +302,7 @@ impl Engine {
                 g.activated_boot_ns = g.expires_boot_ns.saturating_sub(duration_ns(g.length));
                 g.boot_id.clone_from(&boot_id);
             }
-            if engine.grants.insert(g.id, g.clone()).is_some() {
+            if engine.grants.insert(g.clone()).is_some() {
                 return Err(RestoreError::DuplicateGrant { id: g.id });
             }
         }
@@ -473,34 +473,22 @@ impl Engine {
 
     /// Refuses access that is already granted or requested.
     fn check_duplicates(&self, user: &str, target: &str, source: IpAddr) -> Result<(), Refusal> {
-        for g in self.grants.values() {
-            if g.state == GrantState::Active
-                && g.user == user
-                && g.target == target
-                && g.source == source
-            {
-                return Err(Refusal::AlreadyGranted {
-                    id: g.id,
-                    user: g.user.clone(),
-                    target: g.target.clone(),
-                    address: g.source,
-                    until: g.expires_wall,
-                });
-            }
+        if let Some(g) = self.grants.live_for(user, target, source) {
+            return Err(Refusal::AlreadyGranted {
+                id: g.id,
+                user: g.user.clone(),
+                target: g.target.clone(),
+                address: g.source,
+                until: g.expires_wall,
+            });
         }
-        for r in self.requests.values() {
-            if r.state == RequestState::Pending
-                && r.user == user
-                && r.target == target
-                && r.source == source
-            {
-                return Err(Refusal::AlreadyRequested {
-                    id: r.id,
-                    user: r.user.clone(),
-                    target: r.target.clone(),
-                    address: r.source,
-                });
-            }
+        if let Some(r) = self.requests.live_for(user, target, source) {
+            return Err(Refusal::AlreadyRequested {
+                id: r.id,
+                user: r.user.clone(),
+                target: r.target.clone(),
+                address: r.source,
+            });
         }
         Ok(())
     }
@@ -673,7 +661,7 @@ impl Engine {
         );
         if plan.needs_approval {
             self.alloc_id();
-            self.requests.insert(id, request.clone());
+            self.requests.insert(request.clone());
             return Ok(Outcome {
                 value: Requested::Pending(request),
                 events: vec![requested],
@@ -698,8 +686,8 @@ impl Engine {
             reason: Some("no approval needed".to_owned()),
         });
         let activated = Self::activated_event(&grant, now, actor);
-        self.requests.insert(id, request);
-        self.grants.insert(id, grant.clone());
+        self.requests.insert(request);
+        self.grants.insert(grant.clone());
         Ok(Outcome {
             value: Requested::Active(grant),
             events: vec![requested, activated],
@@ -707,10 +695,7 @@ impl Engine {
     }
 
     fn pending(&self, id: u64, now: Now) -> Result<&Request, Refusal> {
-        let r = self
-            .requests
-            .get(&id)
-            .ok_or(Refusal::NoSuchRequest { id })?;
+        let r = self.requests.get(id).ok_or(Refusal::NoSuchRequest { id })?;
         if r.state != RequestState::Pending {
             return Err(Refusal::RequestNotPending { id, state: r.state });
         }
@@ -820,7 +805,7 @@ impl Engine {
             },
         );
         if updated.approvals_missing() > 0 {
-            self.requests.insert(id, updated.clone());
+            self.requests.insert(updated.clone());
             return Ok(Outcome {
                 value: Approved::Recorded(updated),
                 events: vec![approved_event],
@@ -860,8 +845,8 @@ impl Engine {
             reason: None,
         });
         let activated = Self::activated_event(&grant, now, actor);
-        self.requests.insert(id, updated);
-        self.grants.insert(id, grant.clone());
+        self.requests.insert(updated);
+        self.grants.insert(grant.clone());
         Ok(Outcome {
             value: Approved::Activated(grant),
             events: vec![approved_event, activated],
@@ -883,15 +868,16 @@ impl Engine {
         };
         let r = self
             .requests
-            .get_mut(&id)
-            .expect("caller checked the request exists");
-        r.state = state;
-        r.closed = Some(Closed {
-            by: by.clone(),
-            wall: now.wall,
-            reason: reason.clone(),
-        });
-        let r = r.clone();
+            .modify(id, |r| {
+                r.state = state;
+                r.closed = Some(Closed {
+                    by: by.clone(),
+                    wall: now.wall,
+                    reason: reason.clone(),
+                });
+            })
+            .expect("caller checked the request exists")
+            .clone();
         let event = Self::request_event(&r, now, by, reason, action);
         (r, event)
     }
@@ -937,10 +923,7 @@ impl Engine {
         let now = self.now();
         let reason = normalize_reason(reason)?;
         let policy = Arc::clone(&self.policy);
-        let r = self
-            .requests
-            .get(&id)
-            .ok_or(Refusal::NoSuchRequest { id })?;
+        let r = self.requests.get(id).ok_or(Refusal::NoSuchRequest { id })?;
         if r.state != RequestState::Pending {
             return Err(Refusal::RequestNotPending { id, state: r.state });
         }
@@ -992,7 +975,7 @@ impl Engine {
         )?;
         self.alloc_id();
         let event = Self::activated_event(&grant, now, Actor::User(admin_name));
-        self.grants.insert(grant.id, grant.clone());
+        self.grants.insert(grant.clone());
         Ok(Outcome {
             value: grant,
             events: vec![event],
@@ -1000,7 +983,7 @@ impl Engine {
     }
 
     fn active(&self, id: u64, now: Now) -> Result<&Grant, Refusal> {
-        let g = self.grants.get(&id).ok_or(Refusal::NoSuchGrant { id })?;
+        let g = self.grants.get(id).ok_or(Refusal::NoSuchGrant { id })?;
         if g.state != GrantState::Active {
             return Err(Refusal::GrantNotActive { id, state: g.state });
         }
@@ -1028,15 +1011,16 @@ impl Engine {
         };
         let g = self
             .grants
-            .get_mut(&id)
-            .expect("caller checked the grant exists");
-        g.state = state;
-        g.ended = Some(Closed {
-            by: by.clone(),
-            wall: now.wall,
-            reason: reason.clone(),
-        });
-        let g = g.clone();
+            .modify(id, |g| {
+                g.state = state;
+                g.ended = Some(Closed {
+                    by: by.clone(),
+                    wall: now.wall,
+                    reason: reason.clone(),
+                });
+            })
+            .expect("caller checked the grant exists")
+            .clone();
         let event = Self::grant_event(&g, now, by, reason, action);
         (g, event)
     }
@@ -1148,14 +1132,18 @@ impl Engine {
         }
         let previous_expires_wall = g.expires_wall;
         let actor = Actor::User(user.name.clone());
-        let g = self.grants.get_mut(&id).expect("checked above");
-        g.length = g
-            .length
-            .saturating_add(Duration::from_nanos(new_expiry - g.expires_boot_ns));
-        g.expires_boot_ns = new_expiry;
-        g.expires_wall = now.wall_after(from_now);
-        g.cut_by_window = from_now < wanted_from_now;
-        let g = g.clone();
+        let g = self
+            .grants
+            .modify(id, |g| {
+                g.length = g
+                    .length
+                    .saturating_add(Duration::from_nanos(new_expiry - g.expires_boot_ns));
+                g.expires_boot_ns = new_expiry;
+                g.expires_wall = now.wall_after(from_now);
+                g.cut_by_window = from_now < wanted_from_now;
+            })
+            .expect("checked above")
+            .clone();
         let event = Self::grant_event(
             &g,
             now,
@@ -1178,12 +1166,7 @@ impl Engine {
     /// Ends every active grant whose boot-clock expiry has passed.
     pub fn expire_due(&mut self) -> Outcome<Vec<Grant>> {
         let now = self.now();
-        let due: Vec<u64> = self
-            .grants
-            .values()
-            .filter(|g| g.state == GrantState::Active && g.expires_boot_ns <= now.boot_ns)
-            .map(|g| g.id)
-            .collect();
+        let due = self.grants.due(now.boot_ns);
         let mut out = Outcome {
             value: Vec::new(),
             events: Vec::new(),
@@ -1199,12 +1182,7 @@ impl Engine {
     /// Times out every pending request older than the pending TTL.
     pub fn timeout_pending(&mut self) -> Outcome<Vec<Request>> {
         let now = self.now();
-        let due: Vec<u64> = self
-            .requests
-            .values()
-            .filter(|r| r.state == RequestState::Pending && r.pending_until_boot_ns <= now.boot_ns)
-            .map(|r| r.id)
-            .collect();
+        let due = self.requests.due(now.boot_ns);
         let mut out = Outcome {
             value: Vec::new(),
             events: Vec::new(),
@@ -1292,16 +1270,11 @@ impl Engine {
             value: Reapplied::default(),
             events: Vec::new(),
         };
-        let active: Vec<u64> = self
-            .grants
-            .values()
-            .filter(|g| g.state == GrantState::Active)
-            .map(|g| g.id)
-            .collect();
+        let active: Vec<u64> = self.grants.live().map(|g| g.id).collect();
         for id in active {
             let why = self
                 .grants
-                .get(&id)
+                .get(id)
                 .and_then(|g| self.grant_disallowed(g, now));
             if let Some(why) = why {
                 let reason = Some(format!("policy reload: {why}"));
@@ -1310,14 +1283,9 @@ impl Engine {
                 out.events.push(e);
             }
         }
-        let pending: Vec<u64> = self
-            .requests
-            .values()
-            .filter(|r| r.state == RequestState::Pending)
-            .map(|r| r.id)
-            .collect();
+        let pending: Vec<u64> = self.requests.live().map(|r| r.id).collect();
         for id in pending {
-            let Some(r) = self.requests.get(&id) else {
+            let Some(r) = self.requests.get(id) else {
                 continue;
             };
             let (role, target) = match Self::recheck(&self.policy, r) {
@@ -1375,30 +1343,30 @@ impl Engine {
                     });
                     out.events
                         .push(Self::activated_event(&grant, now, Actor::System));
-                    self.grants.insert(id, grant.clone());
+                    self.grants.insert(grant.clone());
                     out.value.activated.push(grant);
                 }
             }
-            self.requests.insert(id, updated);
+            self.requests.insert(updated);
         }
         out
     }
 
     /// The request with this id.
     pub fn request_by_id(&self, id: u64) -> Option<&Request> {
-        self.requests.get(&id)
+        self.requests.get(id)
     }
 
     /// The grant with this id.
     pub fn grant_by_id(&self, id: u64) -> Option<&Grant> {
-        self.grants.get(&id)
+        self.grants.get(id)
     }
 
     /// What an id names.
     pub fn show(&self, id: u64) -> Option<Shown<'_>> {
         let shown = Shown {
-            request: self.requests.get(&id),
-            grant: self.grants.get(&id),
+            request: self.requests.get(id),
+            grant: self.grants.get(id),
         };
         (shown.request.is_some() || shown.grant.is_some()).then_some(shown)
     }
@@ -1415,45 +1383,56 @@ impl Engine {
 
     /// Pending requests.
     pub fn pending_requests(&self) -> impl Iterator<Item = &Request> {
-        self.requests
-            .values()
-            .filter(|r| r.state == RequestState::Pending)
+        self.requests.live()
     }
 
     /// Active grants (including any whose expiry is yet to be processed).
     pub fn active_grants(&self) -> impl Iterator<Item = &Grant> {
-        self.grants
-            .values()
-            .filter(|g| g.state == GrantState::Active)
+        self.grants.live()
+    }
+
+    /// Takes back grants and requests made since the store was last
+    /// written, for a batch that is refused as a whole. Their ids stay used.
+    pub fn discard_new(&mut self, ids: impl IntoIterator<Item = u64>) {
+        for id in ids {
+            self.grants.remove(id);
+            self.requests.remove(id);
+        }
+    }
+
+    /// Number of pending requests.
+    pub fn pending_count(&self) -> usize {
+        self.requests.live_count()
+    }
+
+    /// Number of active grants.
+    pub fn active_count(&self) -> usize {
+        self.grants.live_count()
     }
 
     /// Requests and grants matching a filter.
     pub fn list(&self, filter: &ListFilter) -> Listing<'_> {
         let mine = |u: &str| filter.user.as_deref().is_none_or(|f| f == u);
         Listing {
-            requests: self
-                .requests
-                .values()
-                .filter(|r| {
-                    mine(&r.user) && (filter.include_closed || r.state == RequestState::Pending)
-                })
-                .collect(),
-            grants: self
-                .grants
-                .values()
-                .filter(|g| {
-                    mine(&g.user) && (filter.include_closed || g.state == GrantState::Active)
-                })
-                .collect(),
+            requests: if filter.include_closed {
+                self.requests.values().filter(|r| mine(&r.user)).collect()
+            } else {
+                self.requests.live().filter(|r| mine(&r.user)).collect()
+            },
+            grants: if filter.include_closed {
+                self.grants.values().filter(|g| mine(&g.user)).collect()
+            } else {
+                self.grants.live().filter(|g| mine(&g.user)).collect()
+            },
         }
     }
 
     /// The earliest boot-clock time at which [`Engine::expire_due`] or
     /// [`Engine::timeout_pending`] has work, so the agent can sleep until then.
     pub fn next_deadline_boot_ns(&self) -> Option<u64> {
-        let grants = self.active_grants().map(|g| g.expires_boot_ns);
-        let requests = self.pending_requests().map(|r| r.pending_until_boot_ns);
-        grants.chain(requests).min()
+        let grants = self.grants.next_deadline();
+        let requests = self.requests.next_deadline();
+        grants.into_iter().chain(requests).min()
     }
 
     /// Forgets requests and grants that ended more than `keep` ago (wall
@@ -1466,26 +1445,25 @@ impl Engine {
             .and_then(|k| now.wall.checked_sub_signed(k))
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let old = |c: &Option<Closed>| c.as_ref().is_some_and(|c| c.wall < cutoff);
-        let mut ids = Vec::new();
-        self.requests.retain(|id, r| {
+        let mut ids = std::collections::BTreeSet::new();
+        let grants = &self.grants;
+        for r in self.requests.values() {
             // A request that became a grant goes with its grant.
             let keep = r.state == RequestState::Pending
                 || !old(&r.closed)
                 || (r.state == RequestState::Approved
-                    && self.grants.get(id).is_some_and(|g| !old(&g.ended)));
+                    && grants.get(r.id).is_some_and(|g| !old(&g.ended)));
             if !keep {
-                ids.push(*id);
+                ids.insert(r.id);
             }
-            keep
-        });
-        self.grants.retain(|id, g| {
-            let keep = g.state == GrantState::Active || !old(&g.ended);
-            if !keep && !ids.contains(id) {
-                ids.push(*id);
+        }
+        for g in self.grants.values() {
+            if g.state != GrantState::Active && old(&g.ended) {
+                ids.insert(g.id);
             }
-            keep
-        });
-        ids.sort_unstable();
-        ids
+        }
+        self.requests.retain(|r| !ids.contains(&r.id));
+        self.grants.retain(|g| !ids.contains(&g.id));
+        ids.into_iter().collect()
     }
 }

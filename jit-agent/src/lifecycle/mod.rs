@@ -28,6 +28,7 @@ pub mod clock;
 mod engine;
 mod error;
 pub mod state;
+mod table;
 
 #[cfg(test)]
 mod tests;

@@ -1072,3 +1072,124 @@ fn refusal_kinds() {
         RefusalKind::Conflict
     );
 }
+
+/// The live indexes must give what a scan of every record gives, through
+/// grants, extensions, releases, revocations, expiries, requests, approvals,
+/// timeouts and prunes.
+#[test]
+fn the_live_indexes_agree_with_a_full_scan() {
+    fn check(e: &Engine) {
+        let scan_active: Vec<u64> = e
+            .grants()
+            .filter(|g| g.state == GrantState::Active)
+            .map(|g| g.id)
+            .collect();
+        let scan_pending: Vec<u64> = e
+            .requests()
+            .filter(|r| r.state == RequestState::Pending)
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(
+            e.active_grants().map(|g| g.id).collect::<Vec<_>>(),
+            scan_active
+        );
+        assert_eq!(
+            e.pending_requests().map(|r| r.id).collect::<Vec<_>>(),
+            scan_pending
+        );
+        assert_eq!(e.active_count(), scan_active.len());
+        assert_eq!(e.pending_count(), scan_pending.len());
+        let scan_next = e
+            .grants()
+            .filter(|g| g.state == GrantState::Active)
+            .map(|g| g.expires_boot_ns)
+            .chain(
+                e.requests()
+                    .filter(|r| r.state == RequestState::Pending)
+                    .map(|r| r.pending_until_boot_ns),
+            )
+            .min();
+        assert_eq!(e.next_deadline_boot_ns(), scan_next);
+    }
+    let (mut e, clock) = engine_at(MONDAY_10_BERLIN);
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut made = 0u32;
+    for step in 0..2_000u32 {
+        let source: IpAddr = format!("10.1.0.{}", next() % 20).parse().expect("address");
+        let roll = next() % 10;
+        let ids: Vec<u64> = e.grants().map(|g| g.id).collect();
+        let pick = |n: u64| ids.get((n as usize) % ids.len().max(1)).copied();
+        match roll {
+            0..=2 => {
+                let mut req = for_duration(ask("alice", "web"), mins(1 + next() % 30));
+                req.source = source;
+                made += u32::from(e.request(req).is_ok());
+            }
+            3 => {
+                let mut req = with_reason(ask("root", "web"), "maintenance");
+                req.user = "alice".into();
+                req.source = source;
+                made += u32::from(e.grant("root", req).is_ok());
+            }
+            4 => {
+                let mut req = ask("frank", "ops-box");
+                req.source = source;
+                let _ = e.request(req);
+            }
+            5 => {
+                let first = e.pending_requests().next().map(|r| r.id);
+                if let Some(r) = first {
+                    let _ = e.approve(r, "gina", None);
+                }
+            }
+            6 => {
+                if let Some(id) = pick(next()) {
+                    let _ = e.extend(id, "alice", mins(5), None);
+                }
+            }
+            7 => {
+                if let Some(id) = pick(next()) {
+                    let _ = e.revoke(id, "root", Some("test".into()));
+                }
+            }
+            8 => {
+                if let Some(id) = pick(next()) {
+                    let _ = e.release(id, "alice");
+                }
+            }
+            _ => {
+                clock.advance(Duration::from_secs(next() % 600));
+                let _ = e.expire_due();
+                let _ = e.timeout_pending();
+                if step % 7 == 0 {
+                    let _ = e.prune(mins(30));
+                }
+            }
+        }
+        check(&e);
+    }
+    assert!(made > 200, "the walk made {made} grants");
+}
+
+#[test]
+fn discarded_grants_leave_no_trace_but_keep_their_ids_used() {
+    let (mut e, _clock) = engine_at(MONDAY_10_BERLIN);
+    let g = e
+        .grant("root", with_reason(ask("alice", "web"), "batch"))
+        .expect("granted")
+        .value;
+    e.discard_new([g.id]);
+    assert!(e.show(g.id).is_none());
+    assert_eq!(e.active_count(), 0);
+    let again = e
+        .grant("root", with_reason(ask("alice", "web"), "batch"))
+        .expect("the same access can be granted again")
+        .value;
+    assert!(again.id > g.id, "ids are not reused");
+}
