@@ -7,7 +7,7 @@ use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use jit_common::{maps, FlowKey, GrantRule, GrantSet};
 use jit_tests::{
     agent::{lab_policy, Agent, Scratch, ALICE, BOB, CAROL, ROOT, TCP_PORT, UDP_PORT},
-    lab::{Lab, V4},
+    lab::{Lab, V4, V6},
 };
 
 const SHORT: Duration = Duration::from_millis(400);
@@ -289,5 +289,132 @@ fn a_restart_reconciles_the_kernel_with_the_store() {
     assert!(
         tail.contains("\"added\":1") && tail.contains("\"removed\":1"),
         "{tail}"
+    );
+}
+
+#[test]
+fn a_grant_batch_is_made_all_or_none() {
+    let (lab, scratch, agent) = setup();
+    let (a4, a6, b4) = (V4.client_a, V6.client_a, V4.client_b);
+    let (s4, s6) = (V4.server_protected, V6.server_protected);
+    let item = |user: &str, target: &str, source: std::net::IpAddr| {
+        serde_json::json!({
+            "user": user, "target": target, "source": source.to_string(),
+            "duration": "5m", "reason": "CHG-7 batch",
+        })
+    };
+    let write = |name: &str, items: &[serde_json::Value]| {
+        let path = scratch.path().join(name);
+        std::fs::write(&path, serde_json::to_vec_pretty(items).unwrap()).unwrap();
+        // jitctl runs as another uid; let it read the file.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        path.display().to_string()
+    };
+
+    let good = write(
+        "good.json",
+        &[
+            item("alice", "srv-udp", a4),
+            item("alice", "srv-tcp", a4),
+            item("alice", "srv-udp", a6),
+        ],
+    );
+    assert!(!lab.udp_request(a4, s4, UDP_PORT, SHORT));
+    let v = agent.jitctl_json(ROOT, &["grant-batch", &good]);
+    let made = v["data"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(made.len(), 3, "{v}");
+    assert!(made.iter().all(|g| g["state"] == "active"), "{v}");
+    assert!(lab.udp_request(a4, s4, UDP_PORT, SHORT * 5));
+    assert!(lab.tcp_connect(a4, s4, TCP_PORT, SHORT * 5));
+    assert!(lab.udp_request(a6, s6, UDP_PORT, SHORT * 5));
+    let table = agent.jitctl_ok(
+        ROOT,
+        &[
+            "grant-batch",
+            &write("one.json", &[item("bob", "srv-tcp", b4)]),
+        ],
+    );
+    assert!(
+        table.contains("1 grants are active") && table.contains("bob"),
+        "{table}"
+    );
+    assert!(lab.tcp_connect(b4, s4, TCP_PORT, SHORT * 5));
+    let active_before = agent.jitctl_json(ROOT, &["list", "--all"])["data"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(active_before, 4);
+
+    // One refused item (alice already holds srv-udp from a4) refuses all.
+    let mixed = write(
+        "mixed.json",
+        &[item("carol", "srv-tcp", b4), item("alice", "srv-udp", a4)],
+    );
+    let out = agent.jitctl(ROOT, &["grant-batch", &mixed]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("grant 2 of the batch") && err.contains("no grant of the batch was made"),
+        "{err}"
+    );
+    let after = agent.jitctl_json(ROOT, &["list", "--all"])["data"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        after, active_before,
+        "nothing of the refused batch was made"
+    );
+    // carol's item was first and valid, yet her grant was not made.
+    assert!(agent.jitctl_json(ROOT, &["list", "--all"])["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|g| g["user"] != "carol"));
+
+    // An unknown user, a non-admin caller, a malformed file, too many items.
+    let out = agent.jitctl(
+        ROOT,
+        &[
+            "grant-batch",
+            &write("ghost.json", &[item("ghost", "srv-tcp", b4)]),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("grant 1 of the batch") && err.contains("ghost"),
+        "{err}"
+    );
+    let out = agent.jitctl(ALICE, &["grant-batch", &good]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only admins"));
+    let bad = scratch.path().join("bad.json");
+    std::fs::write(&bad, "[\n  {\"user\": \"alice\", \"target\": 5}\n]").unwrap();
+    std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = agent.jitctl(ROOT, &["grant-batch", &bad.display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("bad.json:2:"), "{err}");
+    let many: Vec<serde_json::Value> = (0..1001).map(|_| item("bob", "srv-tcp", b4)).collect();
+    let out = agent.jitctl(ROOT, &["grant-batch", &write("many.json", &many)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("split the file"));
+
+    // The batch's records are in the audit log, which still verifies.
+    let tail = agent.jitctl_ok(ROOT, &["audit", "tail", "-n", "50"]);
+    assert!(tail.matches("CHG-7 batch").count() >= 4, "{tail}");
+    agent.jitctl_ok(ROOT, &["audit", "verify"]);
+    // A restart finds the batch in the store and the kernel.
+    let mut agent = agent;
+    agent.restart();
+    assert!(lab.udp_request(a6, s6, UDP_PORT, SHORT * 5));
+    assert_eq!(
+        agent.jitctl_json(ROOT, &["list", "--all"])["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
     );
 }
