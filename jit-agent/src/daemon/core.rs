@@ -812,6 +812,10 @@ impl Shared {
     fn subscribe_audit(&self) {
         let tx = self.events.clone();
         self.lock().audit.subscribe(move |record| {
+            // Nobody watching: skip building the summary.
+            if tx.receiver_count() == 0 {
+                return;
+            }
             let event = record
                 .event
                 .get("event")
