@@ -121,6 +121,35 @@ admin = true
     )
 }
 
+/// A lab serving the TCP and UDP echo ports, and a scratch directory.
+pub fn echo_lab() -> (Lab, Scratch) {
+    let lab = Lab::new().expect("building the lab");
+    lab.serve_tcp_echo(TCP_PORT).unwrap();
+    lab.serve_udp_echo(UDP_PORT).unwrap();
+    let scratch = Scratch::new(&lab);
+    (lab, scratch)
+}
+
+/// [`echo_lab`] with an agent running [`lab_policy`].
+pub fn echo_lab_with_agent() -> (Lab, Scratch, Agent) {
+    let (lab, scratch) = echo_lab();
+    let policy = lab_policy(&lab, scratch.path(), "");
+    let agent = Agent::start(&lab, scratch.path(), &policy);
+    (lab, scratch, agent)
+}
+
+/// Polls `check` every 100 ms until it holds; panics after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
 /// A scratch directory for one test, removed on drop.
 pub struct Scratch(PathBuf);
 

@@ -6,21 +6,11 @@ use std::time::Duration;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use jit_common::{maps, FlowKey, GrantRule, GrantSet};
 use jit_tests::{
-    agent::{lab_policy, Agent, Scratch, ALICE, BOB, CAROL, ROOT, TCP_PORT, UDP_PORT},
-    lab::{Lab, V4, V6},
+    agent::{echo_lab_with_agent, Agent, ALICE, BOB, CAROL, ROOT, TCP_PORT, UDP_PORT},
+    lab::{V4, V6},
 };
 
 const SHORT: Duration = Duration::from_millis(400);
-
-fn setup() -> (Lab, Scratch, Agent) {
-    let lab = Lab::new().expect("building the lab");
-    lab.serve_tcp_echo(TCP_PORT).unwrap();
-    lab.serve_udp_echo(UDP_PORT).unwrap();
-    let scratch = Scratch::new(&lab);
-    let policy = lab_policy(&lab, scratch.path(), "");
-    let agent = Agent::start(&lab, scratch.path(), &policy);
-    (lab, scratch, agent)
-}
 
 fn id_of(v: &serde_json::Value) -> String {
     v["data"]["id"]
@@ -31,7 +21,7 @@ fn id_of(v: &serde_json::Value) -> String {
 
 #[test]
 fn every_jitctl_command_works_and_refuses_clearly() {
-    let (lab, _scratch, agent) = setup();
+    let (lab, _scratch, agent) = echo_lab_with_agent();
     let (a, srv) = (V4.client_a, V4.server_protected);
     let from = a.to_string();
 
@@ -175,7 +165,7 @@ fn every_jitctl_command_works_and_refuses_clearly() {
 
 #[test]
 fn watch_streams_live_events() {
-    let (_lab, _scratch, agent) = setup();
+    let (_lab, _scratch, agent) = echo_lab_with_agent();
     let mut child = std::process::Command::new("setpriv")
         .args([
             format!("--reuid={BOB}"),
@@ -230,7 +220,7 @@ fn open_grants(agent: &Agent) -> BpfHashMap<MapData, FlowKey, GrantSet> {
 
 #[test]
 fn a_restart_reconciles_the_kernel_with_the_store() {
-    let (lab, _scratch, mut agent) = setup();
+    let (lab, _scratch, mut agent) = echo_lab_with_agent();
     let (a, b, srv) = (V4.client_a, V4.client_b, V4.server_protected);
     agent.grant("alice", "srv-tcp", a, "10m");
     assert!(lab.tcp_connect(a, srv, TCP_PORT, SHORT * 5));
@@ -294,7 +284,7 @@ fn a_restart_reconciles_the_kernel_with_the_store() {
 
 #[test]
 fn a_grant_batch_is_made_all_or_none() {
-    let (lab, scratch, agent) = setup();
+    let (lab, scratch, agent) = echo_lab_with_agent();
     let (a4, a6, b4) = (V4.client_a, V6.client_a, V4.client_b);
     let (s4, s6) = (V4.server_protected, V6.server_protected);
     let item = |user: &str, target: &str, source: std::net::IpAddr| {

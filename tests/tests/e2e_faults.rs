@@ -4,22 +4,11 @@
 use std::{process::Command, time::Duration};
 
 use jit_tests::{
-    agent::{lab_policy, Agent, Scratch, TCP_PORT, UDP_PORT},
+    agent::{lab_policy, wait_for, Agent, Scratch, TCP_PORT, UDP_PORT},
     lab::{Lab, V4},
 };
 
 const SHORT: Duration = Duration::from_millis(400);
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().unwrap();

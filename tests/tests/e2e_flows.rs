@@ -4,25 +4,15 @@
 use std::time::{Duration, Instant};
 
 use jit_tests::{
-    agent::{lab_policy, Agent, Scratch, ALICE, BOB, CAROL, ROOT, TCP_PORT, UDP_PORT},
-    lab::{Lab, FAMILIES},
+    agent::{echo_lab_with_agent, ALICE, BOB, CAROL, ROOT, TCP_PORT, UDP_PORT},
+    lab::FAMILIES,
 };
 
 const SHORT: Duration = Duration::from_millis(400);
 
-fn lab_with_agent() -> (Lab, Scratch, Agent) {
-    let lab = Lab::new().expect("building the lab");
-    lab.serve_tcp_echo(TCP_PORT).unwrap();
-    lab.serve_udp_echo(UDP_PORT).unwrap();
-    let scratch = Scratch::new(&lab);
-    let policy = lab_policy(&lab, scratch.path(), "");
-    let agent = Agent::start(&lab, scratch.path(), &policy);
-    (lab, scratch, agent)
-}
-
 #[test]
 fn traffic_is_blocked_without_a_grant_and_works_with_one() {
-    let (lab, _scratch, agent) = lab_with_agent();
+    let (lab, _scratch, agent) = echo_lab_with_agent();
     for fam in FAMILIES {
         let (a, b, srv, open) = (
             fam.client_a,
@@ -105,7 +95,7 @@ fn traffic_is_blocked_without_a_grant_and_works_with_one() {
 
 #[test]
 fn traffic_is_blocked_again_within_100ms_of_expiry() {
-    let (lab, _scratch, agent) = lab_with_agent();
+    let (lab, _scratch, agent) = echo_lab_with_agent();
     for fam in FAMILIES {
         let (a, srv) = (fam.client_a, fam.server_protected);
         agent.grant("alice", "srv-udp", a, "3s");
@@ -149,7 +139,7 @@ fn traffic_is_blocked_again_within_100ms_of_expiry() {
 
 #[test]
 fn an_established_tcp_connection_stops_at_expiry() {
-    let (lab, _scratch, agent) = lab_with_agent();
+    let (lab, _scratch, agent) = echo_lab_with_agent();
     for fam in FAMILIES {
         let (a, srv) = (fam.client_a, fam.server_protected);
         agent.grant("alice", "srv-tcp", a, "2s");
@@ -172,7 +162,7 @@ fn an_established_tcp_connection_stops_at_expiry() {
 
 #[test]
 fn approval_flow_through_jitctl() {
-    let (lab, _scratch, agent) = lab_with_agent();
+    let (lab, _scratch, agent) = echo_lab_with_agent();
     let a = FAMILIES[0].client_a;
     let srv = FAMILIES[0].server_protected;
     let from = a.to_string();
@@ -232,7 +222,7 @@ fn approval_flow_through_jitctl() {
 
 #[test]
 fn enforcement_and_expiry_survive_kill_9_and_a_restart_adopts() {
-    let (lab, _scratch, mut agent) = lab_with_agent();
+    let (lab, _scratch, mut agent) = echo_lab_with_agent();
     let fam = FAMILIES[0];
     let (a, srv) = (fam.client_a, fam.server_protected);
     let long = agent.grant("alice", "srv-tcp", a, "10m");

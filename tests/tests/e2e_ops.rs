@@ -8,35 +8,16 @@ use std::{
 };
 
 use jit_tests::{
-    agent::{lab_policy, Agent, Scratch, ALICE, ROOT, TCP_PORT, UDP_PORT},
+    agent::{echo_lab, lab_policy, wait_for, Agent, ALICE, ROOT, TCP_PORT, UDP_PORT},
     http,
     lab::{Lab, V4},
 };
 
 const SHORT: Duration = Duration::from_millis(400);
 
-fn lab() -> (Lab, Scratch) {
-    let lab = Lab::new().expect("building the lab");
-    lab.serve_tcp_echo(TCP_PORT).unwrap();
-    lab.serve_udp_echo(UDP_PORT).unwrap();
-    let scratch = Scratch::new(&lab);
-    (lab, scratch)
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[test]
 fn xdp_diagnostics_reach_the_agent_log_at_debug_level_only() {
-    let (lab, scratch) = lab();
+    let (lab, scratch) = echo_lab();
     let policy = lab_policy(&lab, scratch.path(), "");
     let quiet = Agent::start(&lab, scratch.path(), &policy);
     assert!(!lab.tcp_connect(V4.client_a, V4.server_protected, TCP_PORT, SHORT));
@@ -48,7 +29,7 @@ fn xdp_diagnostics_reach_the_agent_log_at_debug_level_only() {
     );
     drop(quiet);
 
-    let (lab, scratch) = self::lab();
+    let (lab, scratch) = self::echo_lab();
     let policy = lab_policy(&lab, scratch.path(), "");
     let loud = Agent::start_with_env(&lab, scratch.path(), &policy, &[("RUST_LOG", "debug")]);
     assert!(!lab.tcp_connect(V4.client_a, V4.server_protected, TCP_PORT, SHORT));
@@ -61,7 +42,7 @@ fn xdp_diagnostics_reach_the_agent_log_at_debug_level_only() {
 
 #[test]
 fn detach_removes_the_gate_and_its_pins() {
-    let (lab, scratch) = lab();
+    let (lab, scratch) = echo_lab();
     let policy = lab_policy(&lab, scratch.path(), "");
     let mut agent = Agent::start(&lab, scratch.path(), &policy);
     assert!(!lab.tcp_connect(V4.client_a, V4.server_protected, TCP_PORT, SHORT));
@@ -93,7 +74,7 @@ fn detach_removes_the_gate_and_its_pins() {
 
 #[test]
 fn policy_reload_refuses_invalid_policy_and_revokes_what_is_no_longer_allowed() {
-    let (lab, scratch) = lab();
+    let (lab, scratch) = echo_lab();
     let policy = lab_policy(&lab, scratch.path(), "");
     let agent = Agent::start(&lab, scratch.path(), &policy);
     let (a, srv) = (V4.client_a, V4.server_protected);
@@ -156,7 +137,7 @@ fn policy_reload_refuses_invalid_policy_and_revokes_what_is_no_longer_allowed() 
 
 #[test]
 fn denied_attempts_are_summarized_per_minute_in_the_audit_log() {
-    let (lab, scratch) = lab();
+    let (lab, scratch) = echo_lab();
     let policy = lab_policy(&lab, scratch.path(), "");
     let mut agent = Agent::start(&lab, scratch.path(), &policy);
     for _ in 0..5 {
@@ -189,7 +170,7 @@ fn metrics_text(lab: &Lab) -> String {
 
 #[test]
 fn metrics_pass_promtool_and_a_real_prometheus_counts_active_grants() {
-    let (lab, scratch) = lab();
+    let (lab, scratch) = echo_lab();
     let policy = lab_policy(&lab, scratch.path(), "");
     let agent = Agent::start(&lab, scratch.path(), &policy);
     agent.grant("alice", "srv-tcp", V4.client_a, "10m");

@@ -6,13 +6,13 @@
 
 use std::{
     os::unix::fs::{FileTypeExt as _, MetadataExt as _},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use jit_tests::{
-    agent::{lab_policy, Agent, Scratch, ALICE, API_GID, ROOT, TCP_PORT, UDP_PORT},
+    agent::{echo_lab, lab_policy, wait_for, Agent, ALICE, API_GID, ROOT, TCP_PORT, UDP_PORT},
     bin_path,
-    lab::{Lab, V4},
+    lab::V4,
 };
 
 const CAP_NET_ADMIN: u32 = 12;
@@ -21,25 +21,6 @@ const CAP_BPF: u32 = 39;
 const EXPECTED: u64 = (1 << CAP_NET_ADMIN) | (1 << CAP_BPF);
 
 const SHORT: Duration = Duration::from_millis(400);
-
-fn lab() -> (Lab, Scratch) {
-    let lab = Lab::new().expect("building the lab");
-    lab.serve_tcp_echo(TCP_PORT).unwrap();
-    lab.serve_udp_echo(UDP_PORT).unwrap();
-    let scratch = Scratch::new(&lab);
-    (lab, scratch)
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
 
 /// One `/proc/.../status` file's capability lines.
 #[derive(Debug, PartialEq, Eq)]
@@ -112,7 +93,7 @@ fn assert_dropped(agent: &Agent, when: &str) -> usize {
 
 #[test]
 fn the_agent_keeps_only_cap_bpf_and_cap_net_admin_in_every_thread() {
-    let (lab, scratch) = lab();
+    let (lab, scratch) = echo_lab();
     let policy = lab_policy(&lab, scratch.path(), "");
     let agent = Agent::start(&lab, scratch.path(), &policy);
     let threads = assert_dropped(&agent, "after start-up");
@@ -147,7 +128,7 @@ fn the_agent_keeps_only_cap_bpf_and_cap_net_admin_in_every_thread() {
 
 #[test]
 fn after_the_drop_grants_pass_traffic_expire_and_policy_reload_rewrites_zones() {
-    let (lab, scratch) = lab();
+    let (lab, scratch) = echo_lab();
     let policy = lab_policy(&lab, scratch.path(), "");
     let agent = Agent::start(&lab, scratch.path(), &policy);
     assert_dropped(&agent, "after start-up");
@@ -286,7 +267,7 @@ fn assert_socket(path: &std::path::Path, mode: u32, gid: u32) {
 #[test]
 fn the_api_socket_has_mode_0660_and_the_configured_group() {
     // The lab policy's own settings.
-    let (lab, scratch) = lab();
+    let (lab, scratch) = echo_lab();
     let policy = lab_policy(&lab, scratch.path(), "");
     assert!(
         policy.contains(&format!("group = {API_GID}\nmode = 0o660")),
@@ -300,7 +281,7 @@ fn the_api_socket_has_mode_0660_and_the_configured_group() {
 
     // Another group: its members get in, the old group's do not.
     let other: u32 = 4343;
-    let (lab, scratch) = self::lab();
+    let (lab, scratch) = self::echo_lab();
     let policy = lab_policy(&lab, scratch.path(), "").replace(
         &format!("group = {API_GID}\n"),
         &format!("group = {other}\n"),
@@ -329,7 +310,7 @@ fn the_api_socket_has_mode_0660_and_the_configured_group() {
         println!("skipping the named-group case: no nogroup or daemon group on this machine");
         return;
     };
-    let (lab, scratch) = self::lab();
+    let (lab, scratch) = self::echo_lab();
     let policy = lab_policy(&lab, scratch.path(), "").replace(
         &format!("group = {API_GID}\nmode = 0o660"),
         &format!("group = \"{}\"\nmode = 0o600", group.name),
@@ -373,7 +354,7 @@ fn the_units_bounding_set_is_enough_to_start_and_run() {
         .collect();
     let bounding = format!("--bounding-set=-all,{}", caps.join(","));
 
-    let (lab, scratch) = lab();
+    let (lab, scratch) = echo_lab();
     let policy = scratch.path().join("policy.toml");
     std::fs::write(&policy, lab_policy(&lab, scratch.path(), "")).unwrap();
     let log = scratch.path().join("agent.log");

@@ -333,24 +333,8 @@ impl AuditLog {
     /// (written and `fdatasync`'d), then updates the anchor.
     pub fn append<T: Serialize + ?Sized>(&self, event: &T) -> Result<AuditRecord, AuditError> {
         let value = serde_json::to_value(event).map_err(|source| AuditError::Encode { source })?;
-        let event_json =
-            serde_json::to_string(&value).map_err(|source| AuditError::Encode { source })?;
-        if event_json.len() > MAX_EVENT_BYTES {
-            return Err(AuditError::TooLarge {
-                size: event_json.len(),
-                max: MAX_EVENT_BYTES,
-            });
-        }
-        let mut writer = self.lock();
-        if writer.needs_recovery {
-            // The partial line is our own failed write; it is kept like any
-            // torn record, and recorded before the new event.
-            if let Some((bytes, moved_to)) = recover(&self.dir, &self.path, &mut writer)? {
-                writer.pending.push_back(recovered_event(bytes, &moved_to));
-            }
-        }
-        self.write_pending(&mut writer)?;
-        self.write_record(&mut writer, value)
+        let mut records = self.append_all(&[value])?;
+        Ok(records.remove(0))
     }
 
     /// Appends several events as one durable write: after an error none of
@@ -373,6 +357,8 @@ impl AuditLog {
         }
         let mut writer = self.lock();
         if writer.needs_recovery {
+            // The partial line is our own failed write; it is kept like any
+            // torn record, and recorded before the new events.
             if let Some((bytes, moved_to)) = recover(&self.dir, &self.path, &mut writer)? {
                 writer.pending.push_back(recovered_event(bytes, &moved_to));
             }

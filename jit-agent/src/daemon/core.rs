@@ -215,11 +215,28 @@ impl Core {
 
     pub fn record_events(&self, events: &[AuditEvent]) {
         for event in events {
-            match serde_json::to_value(event) {
-                Ok(v) => self.record(&v),
-                Err(e) => error!("audit event does not serialize: {e}"),
-            }
+            self.record(&self.event_json(event, None));
         }
+    }
+
+    /// An event as its audit record, with the traffic totals of a grant
+    /// that ended.
+    fn event_json(
+        &self,
+        event: &AuditEvent,
+        stats: Option<jit_common::GrantStats>,
+    ) -> serde_json::Value {
+        let mut v = serde_json::to_value(event).unwrap_or_else(|e| {
+            error!("audit event does not serialize: {e}");
+            serde_json::json!({"event": event.action.name(), "id": event.id})
+        });
+        if let (Some(obj), Some(stats)) = (v.as_object_mut(), stats) {
+            obj.insert(
+                "traffic".into(),
+                serde_json::to_value(self.traffic(&stats)).unwrap_or_default(),
+            );
+        }
+        v
     }
 
     /// Writes an operation's audit records before the operation takes
@@ -231,15 +248,8 @@ impl Core {
         ended: Option<(&Grant, Option<jit_common::GrantStats>)>,
     ) -> Result<(), OpError> {
         for event in events {
-            let mut v = serde_json::to_value(event).unwrap_or_default();
-            if let (Some((g, Some(stats))), Some(obj)) = (ended, v.as_object_mut()) {
-                if g.id == event.id {
-                    obj.insert(
-                        "traffic".into(),
-                        serde_json::to_value(self.traffic(&stats)).unwrap_or_default(),
-                    );
-                }
-            }
+            let stats = ended.and_then(|(g, stats)| stats.filter(|_| g.id == event.id));
+            let v = self.event_json(event, stats);
             if let Err(e) = self.audit.append(&v) {
                 self.rollback_engine();
                 return Err(OpError::Internal(format!(
@@ -284,14 +294,7 @@ impl Core {
         stats: Option<jit_common::GrantStats>,
     ) {
         for event in events.iter().filter(|e| e.id == grant.id) {
-            let mut v = serde_json::to_value(event).unwrap_or_default();
-            if let (Some(obj), Some(s)) = (v.as_object_mut(), stats) {
-                obj.insert(
-                    "traffic".into(),
-                    serde_json::to_value(self.traffic(&s)).unwrap_or_default(),
-                );
-            }
-            self.record(&v);
+            self.record(&self.event_json(event, stats));
         }
     }
 
