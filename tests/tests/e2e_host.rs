@@ -372,3 +372,110 @@ fn a_granted_clients_flow_ends_at_expiry_though_the_host_answered() {
         "{hist}"
     );
 }
+
+/// Programs on `iface`'s TCX egress hook inside `ns`.
+fn egress_programs(ns: &str, iface: &str) -> usize {
+    in_netns(ns, || {
+        aya::programs::SchedClassifier::query_tcx(iface, aya::programs::TcAttachType::Egress)
+            .map_or(0, |(_, progs)| progs.len())
+    })
+    .expect("entering the namespace")
+}
+
+fn ip_cmd(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn the_tracker_outlives_the_agent_is_adopted_reattached_and_detached() {
+    let lab = Lab::new().expect("building the lab");
+    let outside: Vec<IpAddr> = FAMILIES.iter().map(|f| f.client_a).collect();
+    lab.serve_tcp_echo_on(lab.client_ns(), &outside, OUT_TCP)
+        .unwrap();
+    lab.serve_tcp_echo_on(lab.gate_ns(), &[FAMILIES[0].gate_in], LOCAL_TCP)
+        .unwrap();
+    let scratch = Scratch::new(&lab);
+    let gw = lab.gate_ns().to_owned();
+    // A second gated interface, to remove and re-create under the agent.
+    ip_cmd(&[
+        "-n", &gw, "link", "add", "jgx0", "type", "veth", "peer", "name", "jgx1",
+    ]);
+    ip_cmd(&["-n", &gw, "link", "set", "jgx0", "up"]);
+    let policy = host_policy(&lab, scratch.path()).replace(
+        r#"interfaces = ["gate-in"]"#,
+        r#"interfaces = ["gate-in", "jgx0"]"#,
+    );
+    let mut agent = Agent::start(&lab, scratch.path(), &policy);
+    assert_eq!(egress_programs(&gw, "gate-in"), 1, "tracker on gate-in");
+    assert_eq!(egress_programs(&gw, "jgx0"), 1, "tracker on jgx0");
+
+    ip_cmd(&["-n", &gw, "link", "del", "jgx0"]);
+    wait_for("the agent to notice", || {
+        agent.log_text().contains("disappeared")
+    });
+    ip_cmd(&[
+        "-n", &gw, "link", "add", "jgx0", "type", "veth", "peer", "name", "jgx1",
+    ]);
+    ip_cmd(&["-n", &gw, "link", "set", "jgx0", "up"]);
+    wait_for("the tracker on the re-created interface", || {
+        egress_programs(&gw, "jgx0") == 1
+    });
+
+    let (me, peer) = (FAMILIES[0].gate_in, FAMILIES[0].client_a);
+    let out = |lab: &Lab| {
+        lab.tcp_session(me, peer, OUT_TCP, SHORT * 5)
+            .is_ok_and(|mut s| s.send_and_expect_echo(SHORT * 5))
+    };
+    agent.kill9();
+    assert!(
+        out(&lab),
+        "host TCP out with no agent running (pinned tracker)"
+    );
+    assert!(
+        !lab.tcp_connect(peer, me, LOCAL_TCP, SHORT),
+        "the gate opened when the agent died"
+    );
+    agent.start_again();
+    assert!(
+        agent.log_text().contains("adopted the pinned tracker link"),
+        "no tracker adoption in the log:\n{}",
+        agent.log_text()
+    );
+    assert_eq!(
+        egress_programs(&gw, "gate-in"),
+        1,
+        "adoption must swap the program, not add a second"
+    );
+    assert!(out(&lab), "host TCP out after the restart");
+
+    agent.kill9();
+    let detach = std::process::Command::new(jit_tests::bin_path("jit-agent"))
+        .args(["detach", "--pin-dir"])
+        .arg(agent.pin_dir())
+        .output()
+        .expect("running jit-agent detach");
+    assert!(detach.status.success(), "{detach:?}");
+    // The kernel releases a link whose last pin went a moment later.
+    wait_for("the trackers to go after detach", || {
+        egress_programs(&gw, "gate-in") == 0 && egress_programs(&gw, "jgx0") == 0
+    });
+}
