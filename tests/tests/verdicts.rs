@@ -1466,6 +1466,9 @@ fn track_once(
     bench.gate.tracked_flows().expect("reading flows")
 }
 
+/// What the tracker should leave in the table: one flow and its direction.
+type Recorded = (TrackKey, u32);
+
 #[test]
 fn tracker_records_only_flows_the_host_starts() {
     let mut bench = Bench::with_policy(host_policy(boot_ns()));
@@ -1473,7 +1476,7 @@ fn tracker_records_only_flows_the_host_starts() {
         track_key(ip(local), ip(remote), lport, rport, proto)
     };
     let out = Some(TRACK_OUTBOUND);
-    let cases: Vec<(&str, Frame, Option<(TrackKey, u32)>)> = vec![
+    let cases: Vec<(&str, Frame, Option<Recorded>)> = vec![
         (
             "v4 tcp syn opens a flow",
             tcp(SELF4, 40010, PEER4, 443, TCP_SYN),
