@@ -37,7 +37,7 @@ fn kernel_maps_have_the_sizes_userspace_uses() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 7);
+    assert_eq!(checked, 9);
     drop(gate);
     jit_agent::gate::remove_pins(&dir).unwrap();
 }

@@ -64,6 +64,42 @@ fn gate_settings_and_defaults() {
 }
 
 #[test]
+fn host_zones_and_idle_timeouts() {
+    let minimal = Policy::parse("minimal.toml", MINIMAL).expect("minimal policy is valid");
+    assert!(!minimal.zone("prod").expect("zone").host);
+    let idle = minimal.gate().host_idle;
+    assert_eq!(
+        (idle.tcp, idle.udp, idle.icmp),
+        (
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+            Duration::from_secs(10)
+        )
+    );
+    let host = MINIMAL
+        .replace(
+            "interfaces = [\"eth0\"]",
+            "interfaces = [\"eth0\"]\nhost_tcp_idle = \"1h\"\nhost_udp_idle = \"1s\"\nhost_icmp_idle = \"2s\"",
+        )
+        .replace(
+            "[targets.db]",
+            "[zones.self]\nprefixes = [\"192.0.2.7/32\", \"2001:db8::7/128\"]\nhost = true\n\n[targets.db]",
+        );
+    let p = Policy::parse("host.toml", &host).expect("a host zone is valid");
+    assert!(p.zone("self").expect("zone").host);
+    assert!(!p.zone("prod").expect("zone").host);
+    let idle = p.gate().host_idle;
+    assert_eq!(
+        (idle.tcp, idle.udp, idle.icmp),
+        (
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+            Duration::from_secs(2)
+        )
+    );
+}
+
+#[test]
 fn zones_have_stable_small_ids() {
     let p = example();
     // mgmt pins id 9; prod takes the smallest free id.

@@ -20,9 +20,13 @@ pub enum Reason {
     DropMalformed = 6,
     /// Dropped: a non-first fragment (it carries no ports).
     DropFragment = 7,
+    /// Passed: a reply on a flow the protected host itself started (host
+    /// zones only, see `track`). Numbered last so the older reasons keep
+    /// their values in counters and audit records.
+    PassTracked = 8,
 }
 
-pub const NUM_REASONS: u32 = 8;
+pub const NUM_REASONS: u32 = 9;
 
 impl Reason {
     pub const ALL: [Reason; NUM_REASONS as usize] = [
@@ -34,10 +38,18 @@ impl Reason {
         Reason::DropExpired,
         Reason::DropMalformed,
         Reason::DropFragment,
+        Reason::PassTracked,
     ];
 
     pub const fn is_pass(self) -> bool {
-        (self as u32) < Reason::DropNoGrant as u32
+        matches!(
+            self,
+            Reason::PassGrant
+                | Reason::PassUnprotected
+                | Reason::PassNonIp
+                | Reason::PassNeighbor
+                | Reason::PassTracked
+        )
     }
 
     pub const fn name(self) -> &'static str {
@@ -50,6 +62,7 @@ impl Reason {
             Reason::DropExpired => "expired",
             Reason::DropMalformed => "malformed",
             Reason::DropFragment => "fragment",
+            Reason::PassTracked => "tracked",
         }
     }
 

@@ -7,7 +7,7 @@ use core::mem::{offset_of, size_of};
 
 use crate::{
     Counter, DeniedEvent, FlowKey, GateConfig, GrantRule, GrantSet, GrantStats, RateState,
-    ZoneValue,
+    TrackConfig, TrackKey, TrackValue, ZoneValue,
 };
 
 const _: () = {
@@ -63,4 +63,22 @@ const _: () = {
     assert!(offset_of!(RateState, window_start_ns) == 0);
     assert!(offset_of!(RateState, emitted) == 8);
     assert!(offset_of!(RateState, suppressed) == 12);
+
+    assert!(size_of::<TrackKey>() == 40);
+    assert!(offset_of!(TrackKey, local) == 0);
+    assert!(offset_of!(TrackKey, remote) == 16);
+    assert!(offset_of!(TrackKey, local_port) == 32);
+    assert!(offset_of!(TrackKey, remote_port) == 34);
+    assert!(offset_of!(TrackKey, proto) == 36);
+    assert!(offset_of!(TrackKey, _pad) == 37);
+
+    assert!(size_of::<TrackValue>() == 16);
+    assert!(offset_of!(TrackValue, last_seen_ns) == 0);
+    assert!(offset_of!(TrackValue, direction) == 8);
+    assert!(offset_of!(TrackValue, _pad) == 12);
+
+    assert!(size_of::<TrackConfig>() == 24);
+    assert!(offset_of!(TrackConfig, tcp_idle_ns) == 0);
+    assert!(offset_of!(TrackConfig, udp_idle_ns) == 8);
+    assert!(offset_of!(TrackConfig, icmp_idle_ns) == 16);
 };

@@ -10,12 +10,14 @@ pub mod event;
 pub mod grant;
 mod layout;
 pub mod maps;
+pub mod track;
 pub mod zone;
 
 pub use counters::{Counter, Reason, NUM_REASONS};
 pub use event::DeniedEvent;
 pub use grant::{FlowKey, GrantRule, GrantSet, GrantStats, MAX_RULES_PER_FLOW};
-pub use zone::{ZoneKey, ZoneValue, MAX_ZONES};
+pub use track::{TrackConfig, TrackKey, TrackValue, TRACK_INBOUND, TRACK_OUTBOUND};
+pub use zone::{ZoneKey, ZoneValue, MAX_ZONES, ZONE_FLAG_HOST};
 
 /// IANA protocol numbers the gate parses.
 pub mod proto {
@@ -93,4 +95,10 @@ mod pod {
     unsafe impl aya::Pod for super::GateConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RateState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TrackKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TrackValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TrackConfig {}
 }

@@ -13,6 +13,11 @@ pub const MAX_ZONES: u32 = 255;
 pub struct ZoneValue {
     /// Zone id, 1..=MAX_ZONES.
     pub zone_id: u32,
-    /// Reserved, must be zero.
+    /// `ZONE_FLAG_*` bits; the others are reserved and must be zero.
     pub flags: u32,
 }
+
+/// The zone holds the protected machine's own addresses: replies on flows
+/// the machine started itself (recorded by the egress tracker in
+/// `maps::FLOWS`) pass without a grant.
+pub const ZONE_FLAG_HOST: u32 = 1;

@@ -62,7 +62,14 @@ pub fn bench_parse(ctx: XdpContext) -> u32 {
         Ok(L4::Flow {
             proto,
             port_or_type,
-        }) if proto == 0xfe && port_or_type == u16::from(ip.src[15] ^ ip.dst[15]) => XDP_PASS,
+            sport_or_id,
+            tcp_flags,
+        }) if proto == 0xfe
+            && port_or_type == u16::from(ip.src[15] ^ ip.dst[15])
+            && sport_or_id == u16::from(tcp_flags) =>
+        {
+            XDP_PASS
+        }
         _ => XDP_DROP,
     }
 }

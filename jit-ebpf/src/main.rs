@@ -1,7 +1,9 @@
 //! jitgate's XDP program: drops every packet to a protected prefix unless a
 //! live grant for its exact source, destination prefix, protocol and port is
 //! in `JG_GRANTS`. Expiry is checked here against the boot clock, so a grant
-//! ends on time even when no agent is running.
+//! ends on time even when no agent is running. In a host zone (the gate's
+//! own machine) replies on flows the machine started itself also pass; the
+//! TC egress program in `track` records those flows.
 #![no_std]
 #![no_main]
 // The bpfel target offers no `AtomicU64::fetch_add`; the intrinsic lowers to
@@ -9,8 +11,10 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod grants;
 mod maps;
 mod parse;
+mod track;
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
@@ -22,12 +26,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
-use jit_common::{
-    counters::counter_index, proto, DeniedEvent, FlowKey, Reason, MAX_RULES_PER_FLOW,
-};
+use jit_common::{counters::counter_index, proto, DeniedEvent, Reason, ZONE_FLAG_HOST};
 
 use crate::{
-    maps::{JG_CONFIG, JG_COUNTERS, JG_DENIED, JG_GRANTS, JG_GSTATS, JG_RATE, JG_ZONES},
+    grants::check_grant,
+    maps::{JG_CONFIG, JG_COUNTERS, JG_DENIED, JG_GSTATS, JG_RATE, JG_ZONES},
     parse::{parse_l3, parse_l4, IpHeader, L3, L4},
 };
 
@@ -63,12 +66,15 @@ fn classify(ctx: &XdpContext) -> (Reason, u32) {
         return (Reason::PassUnprotected, 0);
     };
     let zone_id = zone.zone_id;
+    let host_zone = zone.flags & ZONE_FLAG_HOST != 0;
     let reason = match parse_l4(ctx, &ip) {
         Err(_) => Reason::DropMalformed,
         Ok(L4::Fragment) => Reason::DropFragment,
         Ok(L4::Flow {
             proto,
             port_or_type,
+            sport_or_id,
+            tcp_flags,
         }) => {
             if ip.family == 6
                 && proto == proto::ICMPV6
@@ -82,7 +88,18 @@ fn classify(ctx: &XdpContext) -> (Reason, u32) {
             } else {
                 0
             };
-            let reason = check_grant(&ip, zone_id, proto, dport, ctx);
+            let now = unsafe { bpf_ktime_get_boot_ns() };
+            let (mut reason, slot) = check_grant(&ip.src, &ip.dst, zone_id, proto, dport, now);
+            if reason == Reason::PassGrant {
+                record_grant_use(slot, now, ctx);
+                if host_zone && proto == proto::UDP {
+                    track::note_granted_udp(&ip, dport, sport_or_id, now);
+                }
+            } else if host_zone
+                && track::is_tracked_reply(&ip, proto, port_or_type, sport_or_id, tcp_flags, now)
+            {
+                reason = Reason::PassTracked;
+            }
             if !reason.is_pass() {
                 deny(ctx, &ip, zone_id, proto, dport, reason);
             }
@@ -91,103 +108,6 @@ fn classify(ctx: &XdpContext) -> (Reason, u32) {
     };
     deny(ctx, &ip, zone_id, 0, 0, reason);
     (reason, zone_id)
-}
-
-/// The grant rule: exact source, destination inside the rule's prefix,
-/// protocol, and (for TCP, UDP, SCTP) destination port inside the range,
-/// before the rule's boot-clock expiry. Rules for any protocol live under
-/// `proto::ANY` and are consulted only when the exact protocol has no match.
-#[inline(always)]
-fn check_grant(ip: &IpHeader, zone_id: u32, proto: u8, dport: u16, ctx: &XdpContext) -> Reason {
-    let exact = match_flow(ip, zone_id, proto, proto, dport, ctx);
-    if exact == Reason::PassGrant {
-        return exact;
-    }
-    let any = match_flow(ip, zone_id, proto::ANY, proto, dport, ctx);
-    if any == Reason::PassGrant || exact == Reason::DropNoGrant {
-        any
-    } else {
-        exact
-    }
-}
-
-#[inline(always)]
-fn match_flow(
-    ip: &IpHeader,
-    zone_id: u32,
-    key_proto: u8,
-    proto: u8,
-    dport: u16,
-    ctx: &XdpContext,
-) -> Reason {
-    let key = FlowKey {
-        src: ip.src,
-        zone_id,
-        proto: key_proto,
-        _pad: [0; 3],
-    };
-    // SAFETY: the value is read in place under RCU; a concurrent update
-    // replaces the whole element, so we see either the old or the new set.
-    let Some(set) = (unsafe { JG_GRANTS.get(&key) }) else {
-        return Reason::DropNoGrant;
-    };
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let (dst_hi, dst_lo) = halves(&ip.dst);
-    let ports = proto::has_ports(proto);
-    let mut expired = false;
-    let count = set.count as usize;
-    for i in 0..MAX_RULES_PER_FLOW {
-        if i >= count {
-            break;
-        }
-        let rule = &set.rules[i];
-        let (rule_hi, rule_lo) = halves(&rule.dst);
-        let (mask_hi, mask_lo) = prefix_masks(rule.prefix_len);
-        if dst_hi & mask_hi != rule_hi || dst_lo & mask_lo != rule_lo {
-            continue;
-        }
-        if ports && (dport < rule.port_lo || dport > rule.port_hi) {
-            continue;
-        }
-        if now >= rule.expires_at_ns {
-            expired = true;
-            continue;
-        }
-        record_grant_use(rule.stats_index, now, ctx);
-        return Reason::PassGrant;
-    }
-    if expired {
-        Reason::DropExpired
-    } else {
-        Reason::DropNoGrant
-    }
-}
-
-#[inline(always)]
-fn halves(addr: &[u8; 16]) -> (u64, u64) {
-    let mut hi = [0u8; 8];
-    let mut lo = [0u8; 8];
-    hi.copy_from_slice(&addr[..8]);
-    lo.copy_from_slice(&addr[8..]);
-    (u64::from_be_bytes(hi), u64::from_be_bytes(lo))
-}
-
-/// Masks for a prefix length in the 128-bit space, without shifting by 64
-/// (undefined in Rust and in BPF).
-#[inline(always)]
-fn prefix_masks(len: u8) -> (u64, u64) {
-    let len = if len > 128 { 128 } else { len as u32 };
-    if len == 0 {
-        (0, 0)
-    } else if len < 64 {
-        (u64::MAX << (64 - len), 0)
-    } else if len == 64 {
-        (u64::MAX, 0)
-    } else if len < 128 {
-        (u64::MAX, u64::MAX << (128 - len))
-    } else {
-        (u64::MAX, u64::MAX)
-    }
 }
 
 #[inline(always)]

@@ -5,11 +5,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use jit_common::{
     counters::COUNTER_ENTRIES, maps, Counter, FlowKey, GateConfig, GrantSet, GrantStats, RateState,
-    ZoneKey, ZoneValue,
+    TrackConfig, TrackKey, TrackValue, ZoneKey, ZoneValue,
 };
 
 /// Protected prefixes → zone id. Few entries, so the trie's cost stays flat.
@@ -42,3 +42,13 @@ pub static JG_CONFIG: Array<GateConfig> = Array::with_max_entries(1, 0);
 /// Per-CPU window of the denied-event rate limit.
 #[map]
 pub static JG_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Flows the protected host started (host mode), written by the egress
+/// tracker and read by the gate. LRU: a full table forgets the oldest flow.
+#[map]
+pub static JG_FLOWS: LruHashMap<TrackKey, TrackValue> =
+    LruHashMap::with_max_entries(maps::FLOW_CAPACITY, 0);
+
+/// Idle timeouts of tracked flows, written by the agent.
+#[map]
+pub static JG_TRACKCFG: Array<TrackConfig> = Array::with_max_entries(1, 0);

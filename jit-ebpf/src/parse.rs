@@ -1,8 +1,41 @@
-//! Header parsing. Every read goes through `ptr_at`, which proves to the
-//! verifier that the bytes lie inside the packet.
+//! Header parsing, shared by the XDP gate and the TC egress tracker. Every
+//! read goes through `ptr_at`, which proves to the verifier that the bytes
+//! lie inside the packet.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use jit_common::{proto, v4_mapped};
+
+/// A program context with direct packet access: the bytes from `data()` to
+/// `data_end()`.
+pub trait Packet {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
+// Direct access covers the skb's linear part only; the headers of locally
+// sent packets are there. A header outside it fails to parse, and the
+// tracker then records nothing (which fails closed).
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
 
 pub const ETH_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -22,7 +55,7 @@ const MAX_IPV6_EXT: usize = 8;
 pub struct Malformed;
 
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Malformed> {
+pub fn ptr_at<T, C: Packet>(ctx: &C, offset: usize) -> Result<*const T, Malformed> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -35,10 +68,10 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Malformed>
 /// copy keeps LLVM from re-deriving packet pointers the verifier has not seen
 /// checked.
 #[inline(always)]
-fn header<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Malformed> {
+fn header<const N: usize, C: Packet>(ctx: &C, offset: usize) -> Result<[u8; N], Malformed> {
     // SAFETY: ptr_at checked the N bytes lie inside the packet; the read is
     // unaligned-safe.
-    Ok(unsafe { core::ptr::read_unaligned(ptr_at::<[u8; N]>(ctx, offset)?) })
+    Ok(unsafe { core::ptr::read_unaligned(ptr_at::<[u8; N], C>(ctx, offset)?) })
 }
 
 #[inline(always)]
@@ -48,7 +81,7 @@ fn is_v4_mapped(addr: &[u8; 16]) -> bool {
 
 /// Checks that `offset` is at or before the end of the frame, without a read.
 #[inline(always)]
-fn within(ctx: &XdpContext, offset: usize) -> Result<(), Malformed> {
+fn within<C: Packet>(ctx: &C, offset: usize) -> Result<(), Malformed> {
     if ctx.data() + offset > ctx.data_end() {
         return Err(Malformed);
     }
@@ -93,7 +126,7 @@ pub struct IpHeader {
 
 /// Reads Ethernet, up to two VLAN tags and the fixed IP header.
 #[inline(always)]
-pub fn parse_l3(ctx: &XdpContext) -> Result<L3, Malformed> {
+pub fn parse_l3<C: Packet>(ctx: &C) -> Result<L3, Malformed> {
     let eth: [u8; ETH_LEN] = header(ctx, 0)?;
     let mut offset = ETH_LEN;
     let mut ethertype = be16(&eth, 12);
@@ -154,8 +187,13 @@ pub enum L4 {
     Flow {
         proto: u8,
         /// Destination port for TCP/UDP/SCTP, ICMP type for ICMP/ICMPv6
-        /// (ICMP types only matter for neighbour discovery), 0 otherwise.
+        /// (ICMP types matter for neighbour discovery and echo), 0 otherwise.
         port_or_type: u16,
+        /// Source port for TCP/UDP/SCTP, echo identifier for ICMP/ICMPv6,
+        /// 0 otherwise.
+        sport_or_id: u16,
+        /// TCP flags byte (`TCP_SYN`, `TCP_ACK`, ...), 0 for other protocols.
+        tcp_flags: u8,
     },
     /// A non-first fragment: no transport header to match.
     Fragment,
@@ -163,9 +201,12 @@ pub enum L4 {
 
 const IPV4_MF_OFFSET_MASK: u16 = 0x1fff;
 
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
 /// Finds the transport protocol and port of a protected packet.
 #[inline(always)]
-pub fn parse_l4(ctx: &XdpContext, ip: &IpHeader) -> Result<L4, Malformed> {
+pub fn parse_l4<C: Packet>(ctx: &C, ip: &IpHeader) -> Result<L4, Malformed> {
     if !ip.version_ok {
         return Err(Malformed);
     }
@@ -191,16 +232,30 @@ pub fn parse_l4(ctx: &XdpContext, ip: &IpHeader) -> Result<L4, Malformed> {
             None => return Ok(L4::Fragment),
         }
     };
-    let port_or_type = match proto {
-        proto::TCP => be16(&header::<20>(ctx, offset)?, 2),
-        proto::UDP => be16(&header::<8>(ctx, offset)?, 2),
-        proto::SCTP => be16(&header::<12>(ctx, offset)?, 2),
-        proto::ICMP | proto::ICMPV6 => header::<8>(ctx, offset)?[0] as u16,
-        _ => 0,
+    let (port_or_type, sport_or_id, tcp_flags) = match proto {
+        proto::TCP => {
+            let h = header::<20, C>(ctx, offset)?;
+            (be16(&h, 2), be16(&h, 0), h[13])
+        }
+        proto::UDP => {
+            let h = header::<8, C>(ctx, offset)?;
+            (be16(&h, 2), be16(&h, 0), 0)
+        }
+        proto::SCTP => {
+            let h = header::<12, C>(ctx, offset)?;
+            (be16(&h, 2), be16(&h, 0), 0)
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            let h = header::<8, C>(ctx, offset)?;
+            (h[0] as u16, be16(&h, 4), 0)
+        }
+        _ => (0, 0, 0),
     };
     Ok(L4::Flow {
         proto,
         port_or_type,
+        sport_or_id,
+        tcp_flags,
     })
 }
 
@@ -220,8 +275,8 @@ const NEXTHDR_EXP2: u8 = 254;
 /// mobility, HIP, shim6, experimental) are malformed: their payload could
 /// hide the real transport header.
 #[inline(always)]
-fn walk_ipv6_ext(
-    ctx: &XdpContext,
+fn walk_ipv6_ext<C: Packet>(
+    ctx: &C,
     first: u8,
     start: usize,
 ) -> Result<Option<(u8, usize)>, Malformed> {

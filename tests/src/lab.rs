@@ -490,7 +490,13 @@ impl Lab {
     /// It runs until the lab is dropped and keeps each connection open until the
     /// client closes it.
     pub fn serve_tcp_echo(&self, port: u16) -> Result<()> {
-        let server = Server::start(&self.server_ns, port, "TCP", |addr| {
+        self.serve_tcp_echo_on(&self.server_ns, &server_addrs(), port)
+    }
+
+    /// Starts a TCP echo server on `port` of `addrs` in namespace `ns` (for
+    /// services of the gate's own machine, or servers on the client side).
+    pub fn serve_tcp_echo_on(&self, ns: &str, addrs: &[IpAddr], port: u16) -> Result<()> {
+        let server = Server::start(ns, addrs, port, "TCP", |addr| {
             Ok(Listener::Tcp(TcpListener::bind(addr)?))
         })?;
         self.servers
@@ -503,7 +509,12 @@ impl Lab {
     /// Starts a UDP echo server on `port` of both server addresses, IPv4 and IPv6.
     /// It runs until the lab is dropped.
     pub fn serve_udp_echo(&self, port: u16) -> Result<()> {
-        let server = Server::start(&self.server_ns, port, "UDP", |addr| {
+        self.serve_udp_echo_on(&self.server_ns, &server_addrs(), port)
+    }
+
+    /// Starts a UDP echo server on `port` of `addrs` in namespace `ns`.
+    pub fn serve_udp_echo_on(&self, ns: &str, addrs: &[IpAddr], port: u16) -> Result<()> {
+        let server = Server::start(ns, addrs, port, "UDP", |addr| {
             Ok(Listener::Udp(UdpSocket::bind(addr)?))
         })?;
         self.servers
@@ -659,8 +670,17 @@ pub fn require_root() -> Result<()> {
     Ok(())
 }
 
-/// An echo server thread in the server namespace, serving one port on every
-/// server address.
+/// Both server addresses of both families, where the lab's echo servers
+/// listen by default.
+fn server_addrs() -> Vec<IpAddr> {
+    FAMILIES
+        .iter()
+        .flat_map(|a| [a.server_protected, a.server_unprotected])
+        .collect()
+}
+
+/// An echo server thread in a lab namespace, serving one port on a set of
+/// addresses.
 struct Server {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
@@ -674,6 +694,7 @@ enum Listener {
 impl Server {
     fn start(
         ns: &str,
+        addrs: &[IpAddr],
         port: u16,
         proto: &'static str,
         bind: fn(SocketAddr) -> io::Result<Listener>,
@@ -683,6 +704,7 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread_stop = Arc::clone(&stop);
+        let addrs = addrs.to_vec();
         let thread = thread::Builder::new()
             .name(format!("lab-{proto}-echo-{port}"))
             .spawn(move || {
@@ -690,13 +712,10 @@ impl Server {
                     nix::sched::setns(handle.as_fd(), CloneFlags::CLONE_NEWNET)
                         .context("entering the server namespace")?;
                     let mut listeners = Vec::new();
-                    for a in FAMILIES {
-                        for ip in [a.server_protected, a.server_unprotected] {
-                            let addr = SocketAddr::new(ip, port);
-                            listeners.push(
-                                bind(addr).with_context(|| format!("binding {proto} {addr}"))?,
-                            );
-                        }
+                    for ip in addrs {
+                        let addr = SocketAddr::new(ip, port);
+                        listeners
+                            .push(bind(addr).with_context(|| format!("binding {proto} {addr}"))?);
                     }
                     Ok(listeners)
                 })();

@@ -6,6 +6,11 @@
 //! `::ffff:a.b.c.d`, prefix lengths + 96), because that is the documented
 //! form of every address in the kernel's maps. An IPv6 packet carrying an
 //! IPv4-mapped address to a protected destination is malformed.
+//!
+//! Host mode: in a zone marked as the host's own, a packet no grant lets in
+//! still passes when it is the reply on a flow the host started (see
+//! [`TrackedFlow`]) and used within the protocol's idle timeout.
+//! A TCP SYN without ACK never does; for ICMP only an echo reply does.
 
 use std::net::IpAddr;
 
@@ -35,6 +40,35 @@ pub struct Grant {
 pub struct Policy {
     pub zones: Vec<(IpNet, u32)>,
     pub grants: Vec<Grant>,
+    /// Zone ids marked as the host's own addresses.
+    pub host_zones: Vec<u32>,
+    /// The flow table as the egress tracker left it.
+    pub flows: Vec<TrackedFlow>,
+    pub idle: Idle,
+}
+
+/// One entry of the flow table, from the host's side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackedFlow {
+    pub local: IpAddr,
+    pub remote: IpAddr,
+    pub proto: u8,
+    /// The host's port, or the ICMP echo identifier.
+    pub local_port: u16,
+    /// The peer's port; 0 for ICMP.
+    pub remote_port: u16,
+    pub last_seen_ns: u64,
+    /// The host started it; `false` marks a granted peer's UDP flow, which
+    /// lets nothing in.
+    pub outbound: bool,
+}
+
+/// Idle timeouts of tracked flows, nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Idle {
+    pub tcp_ns: u64,
+    pub udp_ns: u64,
+    pub icmp_ns: u64,
 }
 
 /// The model's answer.
@@ -102,7 +136,38 @@ pub fn expect(frame: &[u8], policy: &Policy, now_ns: u64) -> Expected {
     {
         return Expected::new(Reason::PassNeighbor, zone_id);
     }
-    judge_grants(policy, &ip, zone_id, &transport, now_ns)
+    let verdict = judge_grants(policy, &ip, zone_id, &transport, now_ns);
+    if verdict.reason != Reason::PassGrant
+        && policy.host_zones.contains(&zone_id)
+        && tracked_reply(policy, &ip, &transport, now_ns)
+    {
+        return Expected::new(Reason::PassTracked, zone_id);
+    }
+    verdict
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// Whether the packet answers a live flow the host started.
+fn tracked_reply(policy: &Policy, ip: &IpFacts, t: &Transport, now_ns: u64) -> bool {
+    let (local_port, remote_port, idle) = match t.proto {
+        TCP if t.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN => return false,
+        TCP => (t.dport, t.sport, policy.idle.tcp_ns),
+        UDP => (t.dport, t.sport, policy.idle.udp_ns),
+        ICMP if !ip.v6 && t.icmp_type == 0 => (t.icmp_id, 0, policy.idle.icmp_ns),
+        ICMPV6 if ip.v6 && t.icmp_type == 129 => (t.icmp_id, 0, policy.idle.icmp_ns),
+        _ => return false,
+    };
+    policy.flows.iter().any(|f| {
+        f.outbound
+            && wide(f.local) == ip.dst
+            && wide(f.remote) == ip.src
+            && f.proto == t.proto
+            && f.local_port == local_port
+            && f.remote_port == remote_port
+            && now_ns.saturating_sub(f.last_seen_ns) < idle
+    })
 }
 
 const ICMP: u8 = 1;
@@ -271,6 +336,9 @@ struct Transport {
     proto: u8,
     dport: u16,
     icmp_type: u8,
+    sport: u16,
+    tcp_flags: u8,
+    icmp_id: u16,
 }
 
 /// The transport header of a protected packet. `Ok(None)`: a non-first
@@ -313,6 +381,17 @@ fn read_transport(r: &mut Reader, ip: &IpFacts) -> Result<Option<Transport>, Bad
         proto,
         dport,
         icmp_type,
+        sport: if matches!(proto, TCP | UDP | SCTP) {
+            u16_at(h, 0)
+        } else {
+            0
+        },
+        tcp_flags: if proto == TCP { h[13] } else { 0 },
+        icmp_id: if matches!(proto, ICMP | ICMPV6) {
+            u16_at(h, 4)
+        } else {
+            0
+        },
     }))
 }
 
@@ -412,6 +491,7 @@ mod tests {
                 }],
                 expires_at_ns: 100,
             }],
+            ..Policy::default()
         }
     }
 
@@ -452,7 +532,7 @@ mod tests {
     fn ext_header_limit() {
         let p = Policy {
             zones: vec![("2001:db8::/32".parse().unwrap(), 2)],
-            grants: vec![],
+            ..Policy::default()
         };
         let frame = |n: usize| {
             Frame::v6(

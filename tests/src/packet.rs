@@ -23,9 +23,24 @@ pub const PROTO_ESP: u8 = 50;
 pub const PROTO_ICMPV6: u8 = 58;
 pub const PROTO_SCTP: u8 = 132;
 
-/// Source port of every generated transport header: the gate only reads
-/// destination ports, so a fixed value keeps fixtures short.
-const SRC_PORT: u16 = 40000;
+/// Source port of generated transport headers unless [`Frame::sport`] sets
+/// one: grants only look at destination ports, so a fixed value keeps
+/// fixtures short. (Host mode's flow table also keys on source ports.)
+pub const SRC_PORT: u16 = 40000;
+/// ICMP echo identifier unless [`Frame::icmp_id`] sets one.
+pub const ICMP_ID: u16 = 0x1234;
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_PSH: u8 = 0x08;
+
+/// Transport fields besides the destination port, with their defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct L4Fields {
+    sport: u16,
+    tcp_flags: u8,
+    icmp_id: u16,
+}
 
 /// The transport header that ends the IP header chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,33 +90,34 @@ impl L4 {
         }
     }
 
-    fn write(&self, out: &mut Vec<u8>, payload_len: usize) {
+    fn write(&self, out: &mut Vec<u8>, payload_len: usize, f: L4Fields) {
         match *self {
             L4::Tcp { dport } => {
-                out.extend_from_slice(&SRC_PORT.to_be_bytes());
+                out.extend_from_slice(&f.sport.to_be_bytes());
                 out.extend_from_slice(&dport.to_be_bytes());
                 out.extend_from_slice(&1u32.to_be_bytes()); // sequence
                 out.extend_from_slice(&0u32.to_be_bytes()); // ack
                 out.push(5 << 4); // data offset: 5 words, no options
-                out.push(0x02); // SYN
+                out.push(f.tcp_flags);
                 out.extend_from_slice(&65535u16.to_be_bytes());
                 out.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
             }
             L4::Udp { dport } => {
-                out.extend_from_slice(&SRC_PORT.to_be_bytes());
+                out.extend_from_slice(&f.sport.to_be_bytes());
                 out.extend_from_slice(&dport.to_be_bytes());
                 out.extend_from_slice(&((8 + payload_len) as u16).to_be_bytes());
                 out.extend_from_slice(&[0, 0]);
             }
             L4::Sctp { dport } => {
-                out.extend_from_slice(&SRC_PORT.to_be_bytes());
+                out.extend_from_slice(&f.sport.to_be_bytes());
                 out.extend_from_slice(&dport.to_be_bytes());
                 out.extend_from_slice(&0x1234_5678u32.to_be_bytes()); // verification tag
                 out.extend_from_slice(&[0, 0, 0, 0]);
             }
             L4::Icmp { ty } | L4::Icmpv6 { ty } => {
                 out.extend_from_slice(&[ty, 0, 0, 0]);
-                out.extend_from_slice(&[0x12, 0x34, 0, 1]); // identifier, sequence
+                out.extend_from_slice(&f.icmp_id.to_be_bytes());
+                out.extend_from_slice(&[0, 1]); // sequence
             }
             L4::Other { len, .. } => out.extend(std::iter::repeat_n(0xab, len)),
         }
@@ -240,6 +256,12 @@ pub struct Frame {
     pub net: Net,
     /// Bytes after the transport header.
     pub payload: usize,
+    /// TCP/UDP/SCTP source port; `None` for [`SRC_PORT`].
+    pub sport: Option<u16>,
+    /// TCP flags; `None` for a bare SYN.
+    pub tcp_flags: Option<u8>,
+    /// ICMP/ICMPv6 echo identifier; `None` for [`ICMP_ID`].
+    pub icmp_id: Option<u16>,
 }
 
 impl Frame {
@@ -295,6 +317,32 @@ impl Frame {
             ethertype: None,
             net,
             payload: 0,
+            sport: None,
+            tcp_flags: None,
+            icmp_id: None,
+        }
+    }
+
+    pub fn sport(mut self, port: u16) -> Frame {
+        self.sport = Some(port);
+        self
+    }
+
+    pub fn tcp_flags(mut self, flags: u8) -> Frame {
+        self.tcp_flags = Some(flags);
+        self
+    }
+
+    pub fn icmp_id(mut self, id: u16) -> Frame {
+        self.icmp_id = Some(id);
+        self
+    }
+
+    fn l4_fields(&self) -> L4Fields {
+        L4Fields {
+            sport: self.sport.unwrap_or(SRC_PORT),
+            tcp_flags: self.tcp_flags.unwrap_or(TCP_SYN),
+            icmp_id: self.icmp_id.unwrap_or(ICMP_ID),
         }
     }
 
@@ -421,7 +469,7 @@ impl Frame {
                     mark("ipv4-options".into(), &out, start);
                 }
                 let start = out.len();
-                h.l4.write(&mut out, self.payload);
+                h.l4.write(&mut out, self.payload, self.l4_fields());
                 mark(h.l4.name().into(), &out, start);
             }
             Net::V6(h) => {
@@ -443,7 +491,7 @@ impl Frame {
                     mark(format!("{} (ext {})", ext.name(), i + 1), &out, start);
                 }
                 let start = out.len();
-                h.l4.write(&mut out, self.payload);
+                h.l4.write(&mut out, self.payload, self.l4_fields());
                 mark(h.l4.name().into(), &out, start);
             }
         }

@@ -3,7 +3,11 @@
 //! BPF_PROG_TEST_RUN) and by the reference model, which must agree on the
 //! verdict and on the reason the program counts.
 //!
-//! `JITGATE_PROPERTY_PACKETS` sets how many frames (default 20,000);
+//! Some zones are host zones (the gate's own machine) with a random flow
+//! table as the egress tracker would leave it, and some frames are replies
+//! on those flows, near misses of them, or spoofs.
+//!
+//! `JITGATE_PROPERTY_PACKETS` sets how many frames (default 1,000,000);
 //! `JITGATE_PROPERTY_SEED` replays a run whose seed a failure printed.
 
 use std::{
@@ -13,13 +17,15 @@ use std::{
 
 use aya::programs::{TestRun, TestRunOptions};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use jit_agent::gate::{clock::boot_ns, Gate, GateOptions, GrantSpec, RuleSpec};
-use jit_common::Reason;
+use jit_agent::gate::{
+    addr::to16, clock::boot_ns, FlowIdle, Gate, GateOptions, GrantSpec, RuleSpec,
+};
+use jit_common::{Reason, TrackKey, TrackValue, TRACK_INBOUND, TRACK_OUTBOUND};
 use jit_tests::{
-    model::{self, Expected, Grant, Policy, Rule, ANY},
+    model::{self, Expected, Grant, Idle, Policy, Rule, TrackedFlow, ANY},
     packet::{
         hex, Ext, Frame, ETH_P_8021AD, ETH_P_8021Q, L4, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6,
-        PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+        PROTO_SCTP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN,
     },
 };
 use rand::{rngs::Xoshiro256PlusPlus, Rng, RngExt, SeedableRng};
@@ -30,6 +36,10 @@ const BATCH: u64 = 400;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const HOUR_NS: u64 = 3_600_000_000_000;
+/// Idle timeout of tracked flows. Fresh flows are at most half of it old
+/// and idle ones at least twice it, so the few microseconds between the
+/// model's clock and the program's never decide a verdict.
+const IDLE_NS: u64 = 10_000_000_000;
 /// BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header and
 /// longer than a page minus the XDP headroom; stay well inside.
 const MIN_FRAME: usize = 14;
@@ -140,7 +150,41 @@ impl Bench {
             0,
             "flows left after removing every grant"
         );
-        self.gate.set_zones(&world.zones).expect("setting zones");
+        self.gate
+            .set_zones_with_hosts(&world.zones, &world.host_zones)
+            .expect("setting zones");
+        self.gate
+            .set_flow_idle(FlowIdle {
+                tcp: std::time::Duration::from_nanos(IDLE_NS),
+                udp: std::time::Duration::from_nanos(IDLE_NS),
+                icmp: std::time::Duration::from_nanos(IDLE_NS),
+            })
+            .expect("setting idle timeouts");
+        // The gate itself notes granted UDP flows into host zones; start
+        // each batch from exactly the world's table.
+        self.gate.clear_tracked_flows().expect("clearing flows");
+        for f in &world.flows {
+            let key = TrackKey {
+                local: to16(f.local),
+                remote: to16(f.remote),
+                local_port: f.local_port,
+                remote_port: f.remote_port,
+                proto: f.proto,
+                _pad: [0; 3],
+            };
+            let value = TrackValue {
+                last_seen_ns: f.last_seen_ns,
+                direction: if f.outbound {
+                    TRACK_OUTBOUND
+                } else {
+                    TRACK_INBOUND
+                },
+                _pad: 0,
+            };
+            self.gate
+                .insert_tracked_flow(key, value)
+                .expect("writing a tracked flow");
+        }
         let mut installed = Vec::new();
         for (id, grant) in world.grants.iter().enumerate() {
             let slot = self.gate.allocate_slot().expect("a free stats slot");
@@ -171,6 +215,13 @@ impl Bench {
         self.policy = Policy {
             zones: world.zones.clone(),
             grants: installed,
+            host_zones: world.host_zones.clone(),
+            flows: world.flows.clone(),
+            idle: Idle {
+                tcp_ns: IDLE_NS,
+                udp_ns: IDLE_NS,
+                icmp_ns: IDLE_NS,
+            },
         };
     }
 
@@ -245,6 +296,11 @@ impl Bench {
 struct World {
     zones: Vec<(IpNet, u32)>,
     grants: Vec<Grant>,
+    /// Zone ids marked as the host's own.
+    host_zones: Vec<u32>,
+    /// The flow table: mostly flows of host-zone addresses, some of
+    /// addresses in ordinary zones (which must change nothing).
+    flows: Vec<TrackedFlow>,
     /// Sources that hold grants, and some that never do.
     sources: Vec<IpAddr>,
 }
@@ -408,9 +464,57 @@ impl World {
         sources.push(IpAddr::V6(Ipv6Addr::new(
             0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x66,
         )));
+        let mut host_zones: Vec<u32> = zones
+            .iter()
+            .map(|(_, id)| *id)
+            .filter(|_| rng.random_bool(0.4))
+            .collect();
+        host_zones.sort_unstable();
+        host_zones.dedup();
+        let mut flows = Vec::new();
+        for _ in 0..rng.random_range(0..=10) {
+            let (zone, id) = zones[rng.random_range(0..zones.len())];
+            // Mostly host zones; now and then an ordinary one.
+            if !host_zones.contains(&id) && !rng.random_bool(0.2) {
+                continue;
+            }
+            let local = addr_in(rng, zone);
+            let peers: Vec<IpAddr> = sources
+                .iter()
+                .copied()
+                .filter(|s| s.is_ipv4() == local.is_ipv4())
+                .collect();
+            let remote = pick(rng, &peers);
+            let proto = match rng.random_range(0..10) {
+                0..=3 => PROTO_TCP,
+                4..=6 => PROTO_UDP,
+                7 if local.is_ipv4() => PROTO_ICMP,
+                7 => PROTO_ICMPV6,
+                8 => pick(rng, &[PROTO_ICMP, PROTO_ICMPV6]),
+                _ => pick(rng, &PROTOS),
+            };
+            let icmp = matches!(proto, PROTO_ICMP | PROTO_ICMPV6);
+            let last_seen_ns = if rng.random_bool(0.75) {
+                now - rng.random_range(0..IDLE_NS / 2)
+            } else {
+                now.saturating_sub(2 * IDLE_NS + rng.random_range(0..IDLE_NS))
+                    .max(1)
+            };
+            flows.push(TrackedFlow {
+                local,
+                remote,
+                proto,
+                local_port: rng.random_range(1..2000),
+                remote_port: if icmp { 0 } else { rng.random_range(1..2000) },
+                last_seen_ns,
+                outbound: rng.random_bool(0.85),
+            });
+        }
         World {
             zones,
             grants,
+            host_zones,
+            flows,
             sources,
         }
     }
@@ -418,17 +522,19 @@ impl World {
     /// One frame, and which kind of generator made it.
     fn frame(&self, rng: &mut impl Rng) -> (&'static str, Vec<u8>) {
         let roll = rng.random_range(0..100);
-        if roll < 35 {
+        if roll < 12 && !self.flows.is_empty() {
+            ("tracked", self.tracked_reply(rng).bytes())
+        } else if roll < 35 {
             ("hit", self.hit(rng).bytes())
         } else if roll < 60 {
             ("near-miss", self.near_miss(rng).bytes())
         } else if roll < 75 {
             ("random", self.random_frame(rng).bytes())
         } else {
-            let base = if rng.random_bool(0.5) {
-                self.hit(rng)
-            } else {
-                self.random_frame(rng)
+            let base = match rng.random_range(0..5) {
+                0 | 1 => self.hit(rng),
+                2 if !self.flows.is_empty() => self.tracked_reply(rng),
+                _ => self.random_frame(rng),
             };
             ("mutated", mutate(rng, base.bytes()))
         }
@@ -455,6 +561,54 @@ impl World {
         };
         let l4 = l4_for(rng, proto, port);
         dress(rng, Frame::ip(grant.src, dst, l4))
+    }
+
+    /// A reply on a tracked flow, often with one thing wrong: a SYN (a new
+    /// connection), another source, a port or identifier off by one, an
+    /// echo request instead of a reply, another protocol.
+    fn tracked_reply(&self, rng: &mut impl Rng) -> Frame {
+        let f = &self.flows[rng.random_range(0..self.flows.len())];
+        let mut src = f.remote;
+        let (mut sport, mut dport) = (f.remote_port, f.local_port);
+        let mut proto = f.proto;
+        let mut flags = pick(rng, &[TCP_ACK, TCP_ACK | TCP_SYN, TCP_ACK | 0x08, 0x11]);
+        let mut icmp_type = if proto == PROTO_ICMP { 0 } else { 129 };
+        match rng.random_range(0..12) {
+            0 => flags = TCP_SYN,
+            1 => {
+                let peers: Vec<IpAddr> = self
+                    .sources
+                    .iter()
+                    .copied()
+                    .filter(|s| s.is_ipv4() == src.is_ipv4())
+                    .collect();
+                src = pick(rng, &peers);
+            }
+            2 => sport = sport.wrapping_add(1),
+            3 => dport = dport.wrapping_add(1),
+            4 => icmp_type = pick(rng, &[0, 8, 128, 129, 3, 1]),
+            5 => proto = pick(rng, &PROTOS),
+            6 => flags = rng.random(),
+            _ => {}
+        }
+        let l4 = match proto {
+            PROTO_TCP => L4::Tcp { dport },
+            PROTO_UDP => L4::Udp { dport },
+            PROTO_SCTP => L4::Sctp { dport },
+            PROTO_ICMP => L4::Icmp { ty: icmp_type },
+            PROTO_ICMPV6 => L4::Icmpv6 { ty: icmp_type },
+            proto => L4::Other { proto, len: 8 },
+        };
+        let frame = Frame::ip(src, f.local, l4)
+            .sport(sport)
+            .tcp_flags(flags)
+            .icmp_id(f.local_port);
+        let frame = dress(rng, frame);
+        if rng.random_bool(0.05) {
+            non_first_fragment(rng, frame)
+        } else {
+            frame
+        }
     }
 
     /// A hit with one thing wrong: port, prefix edge, source, protocol,

@@ -7,17 +7,22 @@
 //! program's own counters, so the reason is checked and not only the
 //! verdict.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use aya::programs::{TestRun, TestRunOptions};
 use ipnet::IpNet;
-use jit_agent::gate::{clock::boot_ns, Gate, GateOptions, GrantSpec, RuleSpec};
-use jit_common::Reason;
+use jit_agent::gate::{
+    addr::to16, clock::boot_ns, FlowIdle, Gate, GateOptions, GrantSpec, RuleSpec,
+};
+use jit_common::{Reason, TrackKey, TrackValue, TRACK_INBOUND, TRACK_OUTBOUND};
 use jit_tests::{
-    model::{self, Grant, Policy, Rule, ANY, MAX_IPV6_EXT_HEADERS},
+    model::{self, Grant, Idle, Policy, Rule, TrackedFlow, ANY, MAX_IPV6_EXT_HEADERS},
     packet::{
         hex, Ext, Frame, ETH_P_8021AD, ETH_P_8021Q, L4, PROTO_ESP, PROTO_GRE, PROTO_ICMP,
-        PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+        PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_PSH, TCP_SYN,
     },
 };
 
@@ -883,6 +888,16 @@ struct Bench {
 
 impl Bench {
     fn new(zones: Vec<(IpNet, u32)>, grants: Vec<Grant>) -> Bench {
+        Bench::with_policy(Policy {
+            zones,
+            grants,
+            ..Policy::default()
+        })
+    }
+
+    /// A gate holding everything `policy` says: zones (host zones flagged),
+    /// grants, tracked flows and their idle timeouts.
+    fn with_policy(policy: Policy) -> Bench {
         let mut gate = Gate::load(&GateOptions {
             pin_dir: None,
             capacity: 1024,
@@ -890,11 +905,20 @@ impl Bench {
             denied_events_per_sec: 1000,
         })
         .expect("loading the gate (needs root and a BPF-capable kernel)");
-        gate.set_zones(&zones).expect("setting zones");
-        let policy = Policy {
-            zones: zones.clone(),
-            grants,
-        };
+        let zones = policy.zones.clone();
+        gate.set_zones_with_hosts(&zones, &policy.host_zones)
+            .expect("setting zones");
+        gate.set_flow_idle(FlowIdle {
+            tcp: Duration::from_nanos(policy.idle.tcp_ns),
+            udp: Duration::from_nanos(policy.idle.udp_ns),
+            icmp: Duration::from_nanos(policy.idle.icmp_ns),
+        })
+        .expect("setting idle timeouts");
+        for flow in &policy.flows {
+            let (key, value) = track_entry(flow);
+            gate.insert_tracked_flow(key, value)
+                .expect("writing a tracked flow");
+        }
         let mut slots = Vec::new();
         for (id, grant) in policy.grants.iter().enumerate() {
             let slot = gate.allocate_slot().expect("a free slot");
@@ -917,7 +941,9 @@ impl Bench {
             .unwrap_or_else(|e| panic!("installing grant {id}: {e}"));
             slots.push(slot);
         }
-        let zone_ids = zones.iter().map(|(_, id)| *id).collect();
+        let mut zone_ids: Vec<u32> = zones.iter().map(|(_, id)| *id).collect();
+        zone_ids.sort_unstable();
+        zone_ids.dedup();
         Bench {
             gate,
             policy,
@@ -1102,4 +1128,542 @@ fn one_grant_opens_every_rule_of_one_flow() {
         })
         .collect();
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+// Host mode: the gate's own machine in a zone marked `host`, replies on the
+// flows it started, and the egress tracker that records them.
+
+const ZONE_HOST: u32 = 4;
+/// The protected machine's own addresses.
+const SELF4: &str = "10.50.0.1";
+const SELF6: &str = "2001:db8:50::1";
+/// Servers the machine talks to, and a spoofer elsewhere.
+const PEER4: &str = "198.18.0.7";
+const PEER6: &str = "2001:db8:77::7";
+const SPOOF4: &str = "198.18.0.99";
+const SPOOF6: &str = "2001:db8:77::99";
+const IDLE_NS: u64 = 10_000_000_000;
+const ECHO_ID: u16 = 0x4242;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address literal")
+}
+
+fn host_zones() -> Vec<(IpNet, u32)> {
+    let mut zones = zones();
+    zones.push((net("10.50.0.1/32"), ZONE_HOST));
+    zones.push((net("2001:db8:50::1/128"), ZONE_HOST));
+    zones
+}
+
+fn flow(local: &str, lport: u16, remote: &str, rport: u16, proto: u8, last: u64) -> TrackedFlow {
+    TrackedFlow {
+        local: ip(local),
+        remote: ip(remote),
+        proto,
+        local_port: lport,
+        remote_port: rport,
+        last_seen_ns: last,
+        outbound: true,
+    }
+}
+
+/// A host zone holding flows the host started: fresh ones of every tracked
+/// protocol, an idle one, a granted peer's UDP flow, and one whose local
+/// address is in an ordinary zone (which must not matter).
+fn host_policy(now: u64) -> Policy {
+    let fresh = now - 1_000_000_000;
+    let stale = now - 2 * IDLE_NS;
+    let mut inbound = flow(SELF4, 5353, PEER4, 5353, PROTO_UDP, fresh);
+    inbound.outbound = false;
+    Policy {
+        zones: host_zones(),
+        grants: vec![Grant {
+            src: ip(ALICE4),
+            rules: vec![rule("10.50.0.1/32", PROTO_UDP, 53, 53)],
+            expires_at_ns: now + HOUR_NS,
+        }],
+        host_zones: vec![ZONE_HOST],
+        flows: vec![
+            flow(SELF4, 40001, PEER4, 443, PROTO_TCP, fresh),
+            flow(SELF6, 40001, PEER6, 22, PROTO_TCP, fresh),
+            flow(SELF4, 40002, PEER4, 53, PROTO_UDP, fresh),
+            flow(SELF6, 40002, PEER6, 53, PROTO_UDP, fresh),
+            flow(SELF4, ECHO_ID, PEER4, 0, PROTO_ICMP, fresh),
+            flow(SELF6, ECHO_ID, PEER6, 0, PROTO_ICMPV6, fresh),
+            flow(SELF4, 40003, PEER4, 443, PROTO_TCP, stale),
+            inbound,
+            flow(HOST4, 40001, PEER4, 443, PROTO_TCP, fresh),
+        ],
+        idle: Idle {
+            tcp_ns: IDLE_NS,
+            udp_ns: IDLE_NS,
+            icmp_ns: IDLE_NS,
+        },
+    }
+}
+
+fn track_entry(f: &TrackedFlow) -> (TrackKey, TrackValue) {
+    (
+        track_key(f.local, f.remote, f.local_port, f.remote_port, f.proto),
+        TrackValue {
+            last_seen_ns: f.last_seen_ns,
+            direction: if f.outbound {
+                TRACK_OUTBOUND
+            } else {
+                TRACK_INBOUND
+            },
+            _pad: 0,
+        },
+    )
+}
+
+fn track_key(local: IpAddr, remote: IpAddr, lport: u16, rport: u16, proto: u8) -> TrackKey {
+    TrackKey {
+        local: to16(local),
+        remote: to16(remote),
+        local_port: lport,
+        remote_port: rport,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// A TCP segment from `src:sport` to `dst:dport` with `flags`.
+fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Frame {
+    Frame::ip(ip(src), ip(dst), L4::Tcp { dport })
+        .sport(sport)
+        .tcp_flags(flags)
+}
+
+fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Frame {
+    Frame::ip(ip(src), ip(dst), L4::Udp { dport }).sport(sport)
+}
+
+fn echo(src: &str, dst: &str, ty: u8, id: u16) -> Frame {
+    let l4 = if ip(src).is_ipv4() {
+        L4::Icmp { ty }
+    } else {
+        L4::Icmpv6 { ty }
+    };
+    Frame::ip(ip(src), ip(dst), l4).icmp_id(id)
+}
+
+fn host_table() -> Vec<Case> {
+    use Reason::*;
+    let ack = TCP_ACK;
+    let mut t = Vec::new();
+    let mut case = |name: &str, frame: Frame, expect: Reason| {
+        t.push(Case {
+            name: name.into(),
+            packet: frame.bytes(),
+            expect,
+        })
+    };
+    case(
+        "host v4 tcp reply on a tracked flow",
+        tcp(PEER4, 443, SELF4, 40001, ack | TCP_PSH),
+        PassTracked,
+    );
+    case(
+        "host v4 tcp syn-ack answering the host's syn",
+        tcp(PEER4, 443, SELF4, 40001, TCP_SYN | ack),
+        PassTracked,
+    );
+    case(
+        "host v4 tcp syn on a tracked tuple opens a new connection",
+        tcp(PEER4, 443, SELF4, 40001, TCP_SYN),
+        DropNoGrant,
+    );
+    case(
+        "host v4 tracked tuple from an unrelated source",
+        tcp(SPOOF4, 443, SELF4, 40001, ack),
+        DropNoGrant,
+    );
+    case(
+        "host v4 tracked flow, another peer port",
+        tcp(PEER4, 444, SELF4, 40001, ack),
+        DropNoGrant,
+    );
+    case(
+        "host v4 tracked flow, another local port",
+        tcp(PEER4, 443, SELF4, 40009, ack),
+        DropNoGrant,
+    );
+    case(
+        "host v4 udp on a tcp flow's ports",
+        udp(PEER4, 443, SELF4, 40001),
+        DropNoGrant,
+    );
+    case(
+        "host v4 tcp after the flow went idle",
+        tcp(PEER4, 443, SELF4, 40003, ack),
+        DropNoGrant,
+    );
+    case(
+        "host v6 tcp reply on a tracked flow",
+        tcp(PEER6, 22, SELF6, 40001, ack),
+        PassTracked,
+    );
+    case(
+        "host v6 tcp syn on a tracked tuple",
+        tcp(PEER6, 22, SELF6, 40001, TCP_SYN),
+        DropNoGrant,
+    );
+    case(
+        "host v6 tracked tuple from an unrelated source",
+        tcp(SPOOF6, 22, SELF6, 40001, ack),
+        DropNoGrant,
+    );
+    case(
+        "host v4 udp reply (dns)",
+        udp(PEER4, 53, SELF4, 40002),
+        PassTracked,
+    );
+    case(
+        "host v4 udp tuple from an unrelated source",
+        udp(SPOOF4, 53, SELF4, 40002),
+        DropNoGrant,
+    );
+    case(
+        "host v6 udp reply (dns)",
+        udp(PEER6, 53, SELF6, 40002),
+        PassTracked,
+    );
+    case(
+        "host v4 a granted peer's udp flow is no exception",
+        udp(PEER4, 5353, SELF4, 5353),
+        DropNoGrant,
+    );
+    case(
+        "host v4 echo reply to the host's ping",
+        echo(PEER4, SELF4, 0, ECHO_ID),
+        PassTracked,
+    );
+    case(
+        "host v4 echo request with the tracked id",
+        echo(PEER4, SELF4, 8, ECHO_ID),
+        DropNoGrant,
+    );
+    case(
+        "host v4 echo reply with another id",
+        echo(PEER4, SELF4, 0, ECHO_ID + 1),
+        DropNoGrant,
+    );
+    case(
+        "host v4 echo reply from an unrelated source",
+        echo(SPOOF4, SELF4, 0, ECHO_ID),
+        DropNoGrant,
+    );
+    case(
+        "host v4 icmp error is not matched to the flow",
+        echo(PEER4, SELF4, 3, ECHO_ID),
+        DropNoGrant,
+    );
+    case(
+        "host v6 echo reply to the host's ping",
+        echo(PEER6, SELF6, 129, ECHO_ID),
+        PassTracked,
+    );
+    case(
+        "host v6 echo request with the tracked id",
+        echo(PEER6, SELF6, 128, ECHO_ID),
+        DropNoGrant,
+    );
+    case(
+        "host zone: an ordinary zone ignores the flow table",
+        tcp(PEER4, 443, HOST4, 40001, ack),
+        DropNoGrant,
+    );
+    case(
+        "host zone: a grant still passes first",
+        udp(ALICE4, 40000, SELF4, 53),
+        PassGrant,
+    );
+    case(
+        "host zone: a tracked reply in a vlan tag",
+        tcp(PEER4, 443, SELF4, 40001, ack).vlan(ETH_P_8021Q),
+        PassTracked,
+    );
+    case(
+        "host zone: first fragment of a tracked reply",
+        tcp(PEER4, 443, SELF4, 40001, ack).with_v4(|h| h.more_fragments = true),
+        PassTracked,
+    );
+    case(
+        "host zone: non-first fragment of a tracked flow",
+        tcp(PEER4, 443, SELF4, 40001, ack).with_v4(|h| h.frag_offset = 4),
+        DropFragment,
+    );
+    case(
+        "host zone: neighbour discovery still passes",
+        Frame::v6(v6(MALLORY6), v6(SELF6), L4::Icmpv6 { ty: 135 }).hop_limit(255),
+        PassNeighbor,
+    );
+    t
+}
+
+#[test]
+fn host_mode_verdict_table() {
+    let mut bench = Bench::with_policy(host_policy(boot_ns()));
+    let cases = host_table();
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|case| {
+            let problems = bench.check(case);
+            (!problems.is_empty()).then(|| {
+                format!(
+                    "{}\n  packet {}\n  {}",
+                    case.name,
+                    hex(&case.packet),
+                    problems.join("\n  ")
+                )
+            })
+        })
+        .collect();
+    for f in &failures {
+        eprintln!("FAIL {f}");
+    }
+    println!(
+        "host-mode verdict table: {} cases, {} failed",
+        cases.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} host-mode cases failed",
+        failures.len()
+    );
+}
+
+const TC_ACT_OK: u32 = 0;
+
+/// Runs the egress tracker on `frame` with an empty flow table (plus
+/// `before`) and returns the table afterwards.
+fn track_once(
+    bench: &mut Bench,
+    before: &[(TrackKey, TrackValue)],
+    frame: &Frame,
+) -> Vec<(TrackKey, TrackValue)> {
+    bench.gate.clear_tracked_flows().expect("clearing flows");
+    for (k, v) in before {
+        bench
+            .gate
+            .insert_tracked_flow(*k, *v)
+            .expect("writing a flow");
+    }
+    let packet = frame.bytes();
+    let ret = bench
+        .gate
+        .tracker()
+        .test_run(TestRunOptions {
+            data_in: Some(&packet),
+            ..TestRunOptions::new()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of the tracker on {}: {e}", hex(&packet)))
+        .return_value;
+    assert_eq!(ret, TC_ACT_OK, "the tracker never drops ({})", hex(&packet));
+    bench.gate.tracked_flows().expect("reading flows")
+}
+
+/// What the tracker should leave in the table: one flow and its direction.
+type Recorded = (TrackKey, u32);
+
+#[test]
+fn tracker_records_only_flows_the_host_starts() {
+    let mut bench = Bench::with_policy(host_policy(boot_ns()));
+    let key = |local: &str, lport, remote: &str, rport, proto| {
+        track_key(ip(local), ip(remote), lport, rport, proto)
+    };
+    let out = Some(TRACK_OUTBOUND);
+    let cases: Vec<(&str, Frame, Option<Recorded>)> = vec![
+        (
+            "v4 tcp syn opens a flow",
+            tcp(SELF4, 40010, PEER4, 443, TCP_SYN),
+            out.map(|d| (key(SELF4, 40010, PEER4, 443, PROTO_TCP), d)),
+        ),
+        (
+            "v6 tcp syn opens a flow",
+            tcp(SELF6, 40010, PEER6, 22, TCP_SYN),
+            out.map(|d| (key(SELF6, 40010, PEER6, 22, PROTO_TCP), d)),
+        ),
+        (
+            "v4 tcp ack creates nothing",
+            tcp(SELF4, 40010, PEER4, 443, TCP_ACK),
+            None,
+        ),
+        (
+            "v4 tcp syn-ack (the host answering) creates nothing",
+            tcp(SELF4, 22, PEER4, 40010, TCP_SYN | TCP_ACK),
+            None,
+        ),
+        (
+            "v4 udp datagram opens a flow",
+            udp(SELF4, 40011, PEER4, 53),
+            out.map(|d| (key(SELF4, 40011, PEER4, 53, PROTO_UDP), d)),
+        ),
+        (
+            "v6 udp datagram opens a flow",
+            udp(SELF6, 40011, PEER6, 53),
+            out.map(|d| (key(SELF6, 40011, PEER6, 53, PROTO_UDP), d)),
+        ),
+        (
+            "v4 udp answer to a granted peer is the peer's flow",
+            udp(SELF4, 53, ALICE4, 40000),
+            Some((key(SELF4, 53, ALICE4, 40000, PROTO_UDP), TRACK_INBOUND)),
+        ),
+        (
+            "v4 udp from the same port to a peer without a grant",
+            udp(SELF4, 53, MALLORY4, 40000),
+            out.map(|d| (key(SELF4, 53, MALLORY4, 40000, PROTO_UDP), d)),
+        ),
+        (
+            "v4 echo request opens a flow",
+            echo(SELF4, PEER4, 8, 7),
+            out.map(|d| (key(SELF4, 7, PEER4, 0, PROTO_ICMP), d)),
+        ),
+        (
+            "v6 echo request opens a flow",
+            echo(SELF6, PEER6, 128, 7),
+            out.map(|d| (key(SELF6, 7, PEER6, 0, PROTO_ICMPV6), d)),
+        ),
+        (
+            "v4 echo reply creates nothing",
+            echo(SELF4, PEER4, 0, 7),
+            None,
+        ),
+        (
+            "v6 echo reply creates nothing",
+            echo(SELF6, PEER6, 129, 7),
+            None,
+        ),
+        (
+            "v4 protocol 58 echo request creates nothing",
+            Frame::v4(v4(SELF4), v4(PEER4), L4::Icmpv6 { ty: 128 }),
+            None,
+        ),
+        (
+            "source in an ordinary zone creates nothing",
+            tcp(HOST4, 40010, PEER4, 443, TCP_SYN),
+            None,
+        ),
+        (
+            "unprotected source creates nothing",
+            tcp(OPEN4, 40010, PEER4, 443, TCP_SYN),
+            None,
+        ),
+        (
+            "non-first fragment creates nothing",
+            tcp(SELF4, 40010, PEER4, 443, TCP_SYN).with_v4(|h| h.frag_offset = 3),
+            None,
+        ),
+        (
+            "sctp is not tracked",
+            Frame::v4(v4(SELF4), v4(PEER4), L4::Sctp { dport: 9 }),
+            None,
+        ),
+        ("arp is not tracked", Frame::arp(), None),
+    ];
+    let mut failures = Vec::new();
+    for (name, frame, expect) in &cases {
+        let after = track_once(&mut bench, &[], frame);
+        let got: Vec<(TrackKey, u32)> = after.iter().map(|(k, v)| (*k, v.direction)).collect();
+        let want: Vec<(TrackKey, u32)> = expect.iter().copied().collect();
+        if got != want {
+            failures.push(format!("{name}: table {got:?}, expected {want:?}"));
+        }
+    }
+
+    // Refreshing: only the host's packets move `last_seen_ns`.
+    let old = |direction, last_seen_ns| TrackValue {
+        last_seen_ns,
+        direction,
+        _pad: 0,
+    };
+    let k = key(SELF4, 40012, PEER4, 443, PROTO_TCP);
+    let after = track_once(
+        &mut bench,
+        &[(k, old(TRACK_OUTBOUND, 1))],
+        &tcp(SELF4, 40012, PEER4, 443, TCP_ACK),
+    );
+    if !matches!(after.as_slice(), [(key, v)] if *key == k && v.direction == TRACK_OUTBOUND && v.last_seen_ns > 1)
+    {
+        failures.push(format!(
+            "an outbound ack did not refresh its flow: {after:?}"
+        ));
+    }
+    let k = key(SELF4, 5353, PEER4, 5353, PROTO_UDP);
+    let now = boot_ns();
+    let after = track_once(
+        &mut bench,
+        &[(k, old(TRACK_INBOUND, now))],
+        &udp(SELF4, 5353, PEER4, 5353),
+    );
+    if !matches!(after.as_slice(), [(key, v)] if *key == k && v.direction == TRACK_INBOUND) {
+        failures.push(format!(
+            "the host's answer turned a fresh granted flow into its own: {after:?}"
+        ));
+    }
+    let after = track_once(
+        &mut bench,
+        &[(k, old(TRACK_INBOUND, 1))],
+        &udp(SELF4, 5353, PEER4, 5353),
+    );
+    if !matches!(after.as_slice(), [(key, v)] if *key == k && v.direction == TRACK_OUTBOUND) {
+        failures.push(format!(
+            "a long-idle granted flow did not become the host's when it spoke first: {after:?}"
+        ));
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    println!(
+        "tracker table: {} creation cases and 3 refresh cases passed",
+        cases.len()
+    );
+}
+
+#[test]
+fn a_tracked_flow_closes_when_the_host_falls_silent() {
+    // The whole path on the real programs: the tracker sees the host's
+    // syn, the gate passes the reply, then the flow goes idle.
+    let mut policy = host_policy(boot_ns());
+    policy.flows.clear();
+    policy.idle = Idle {
+        tcp_ns: 1_000_000_000,
+        udp_ns: 1_000_000_000,
+        icmp_ns: 1_000_000_000,
+    };
+    let mut bench = Bench::with_policy(policy);
+    let syn = tcp(SELF4, 40020, PEER4, 443, TCP_SYN).bytes();
+    let reply = tcp(PEER4, 443, SELF4, 40020, TCP_SYN | TCP_ACK).bytes();
+    let run_gate = |bench: &mut Bench| {
+        bench
+            .gate
+            .xdp()
+            .test_run(TestRunOptions {
+                data_in: Some(&reply),
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value
+    };
+    assert_eq!(
+        run_gate(&mut bench),
+        XDP_DROP,
+        "reply before the host spoke"
+    );
+    bench
+        .gate
+        .tracker()
+        .test_run(TestRunOptions {
+            data_in: Some(&syn),
+            ..TestRunOptions::new()
+        })
+        .expect("BPF_PROG_TEST_RUN of the tracker");
+    assert_eq!(run_gate(&mut bench), XDP_PASS, "reply to the host's syn");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        run_gate(&mut bench),
+        XDP_DROP,
+        "reply after the flow was idle for longer than its timeout"
+    );
 }

@@ -88,7 +88,7 @@ pub fn start(policy_path: &Path, debug_bpf: bool) -> anyhow::Result<Shared> {
     let store = startup::open_store(&policy)?;
     let audit = startup::open_audit(&policy, &store)?;
     let mut gate = startup::load_gate(&policy, debug_bpf)?;
-    gate.set_zones(&startup::zone_entries(&policy))
+    startup::apply_zones(&mut gate, &policy)
         .context("loading the protected zones into the gate")?;
 
     let loaded = store
@@ -731,9 +731,9 @@ impl Core {
         {
             warn!("gate interfaces, directories and capacity change only at restart");
         }
-        if let Err(e) = self.gate.set_zones(&startup::zone_entries(&policy)) {
+        if let Err(e) = startup::apply_zones(&mut self.gate, &policy) {
             // set_zones adds before it removes; re-apply the old zones.
-            let _ = self.gate.set_zones(&startup::zone_entries(&self.policy));
+            let _ = startup::apply_zones(&mut self.gate, &self.policy);
             return Err(format!("loading the new zones into the kernel failed: {e}; the running policy stays in force"));
         }
         let out = self.engine.reapply_policy(policy.clone());

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use crate::{
     audit::AuditLog,
-    gate::{AttachMode, Gate, GateOptions, RuleSpec},
+    gate::{AttachMode, FlowIdle, Gate, GateError, GateOptions, RuleSpec},
     policy::{self, GroupRef, Policy, Protocol},
     store::Store,
 };
@@ -74,6 +74,25 @@ pub fn zone_entries(policy: &Policy) -> Vec<(IpNet, u32)> {
         .iter()
         .flat_map(|z| z.prefixes.iter().map(move |p| (*p, z.id.get() as u32)))
         .collect()
+}
+
+/// Loads the policy's zones into the gate, with the host flag of host
+/// zones and the idle timeouts of the flows those hosts start. Timeouts go
+/// first: a zone that becomes a host zone is judged by this policy's.
+pub fn apply_zones(gate: &mut Gate, policy: &Policy) -> Result<(), GateError> {
+    let idle = policy.gate().host_idle;
+    gate.set_flow_idle(FlowIdle {
+        tcp: idle.tcp,
+        udp: idle.udp,
+        icmp: idle.icmp,
+    })?;
+    let hosts: Vec<u32> = policy
+        .zones()
+        .iter()
+        .filter(|z| z.host)
+        .map(|z| z.id.get() as u32)
+        .collect();
+    gate.set_zones_with_hosts(&zone_entries(policy), &hosts)
 }
 
 /// The kernel rules a target opens for one source address: only rules of

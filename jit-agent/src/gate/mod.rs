@@ -7,6 +7,7 @@ mod error;
 mod flows;
 pub mod pins;
 pub mod rules;
+pub mod tracker;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -30,6 +31,7 @@ use self::flows::FlowTable;
 pub use self::{
     error::GateError,
     rules::{GrantSpec, RuleSpec, ZoneTable},
+    tracker::FlowIdle,
 };
 
 /// The compiled XDP program, built by build.rs.
@@ -115,6 +117,8 @@ pub struct Gate {
     map_handles: Vec<(&'static str, MapData)>,
     /// Pinned maps were found and reused.
     pub adopted_maps: bool,
+    /// Host mode: the egress tracker (see `tracker`).
+    tracker: tracker::Tracker,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -179,6 +183,7 @@ impl Gate {
             .try_into()
             .map_err(GateError::Program)?;
         program.load().map_err(GateError::Program)?;
+        let tracker = tracker::Tracker::load(&mut ebpf)?;
 
         let zones_map = take(&mut ebpf, maps::ZONES)?;
         let grants_map: BpfHashMap<MapData, FlowKey, GrantSet> = take(&mut ebpf, maps::GRANTS)?;
@@ -234,6 +239,7 @@ impl Gate {
             links: Vec::new(),
             map_handles,
             adopted_maps,
+            tracker,
             logger,
         })
     }
@@ -261,7 +267,7 @@ impl Gate {
     /// Attaches to an interface of the current network namespace. An
     /// existing pinned link is taken over by swapping its program in one
     /// `bpf_link_update`, so the interface is never without a gate.
-    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attachment, GateError> {
+    fn attach_gate(&mut self, iface: &str, mode: AttachMode) -> Result<Attachment, GateError> {
         let link_path = self.pin_dir.as_ref().map(|d| pins::link_pin(d, iface));
         if let Some(path) = link_path.as_ref().filter(|p| p.exists()) {
             let pinned = PinnedLink::from_pin(path).map_err(|e| GateError::Link {
@@ -382,7 +388,7 @@ impl Gate {
                     &key,
                     ZoneValue {
                         zone_id: *id,
-                        flags: 0,
+                        flags: self.tracker.zone_flags(*id),
                     },
                     0,
                 )
@@ -769,6 +775,7 @@ impl Gate {
                 },
             });
         }
+        events.extend(self.check_tracker_pins(&dir));
         for held in &mut self.links {
             let path = pins::link_pin(&dir, &held.iface);
             if path.exists() {

@@ -8,7 +8,10 @@
 use std::path::{Path, PathBuf};
 
 use aya::maps::{MapInfo, MapType};
-use jit_common::{maps, Counter, FlowKey, GateConfig, GrantSet, GrantStats, RateState, ZoneValue};
+use jit_common::{
+    maps, Counter, FlowKey, GateConfig, GrantSet, GrantStats, RateState, TrackConfig, TrackKey,
+    TrackValue, ZoneValue,
+};
 
 use super::GateError;
 
@@ -26,7 +29,7 @@ pub struct MapSpec {
 }
 
 /// The maps this build pins, with the shape it expects for a capacity.
-pub fn map_specs(capacity: u32) -> [MapSpec; 7] {
+pub fn map_specs(capacity: u32) -> [MapSpec; 9] {
     let size = |n: usize| n as u32;
     [
         MapSpec {
@@ -85,6 +88,22 @@ pub fn map_specs(capacity: u32) -> [MapSpec; 7] {
             max_entries: 1,
             flags: 0,
         },
+        MapSpec {
+            name: maps::FLOWS,
+            map_type: MapType::LruHash,
+            key_size: size(size_of::<TrackKey>()),
+            value_size: size(size_of::<TrackValue>()),
+            max_entries: maps::FLOW_CAPACITY,
+            flags: 0,
+        },
+        MapSpec {
+            name: maps::TRACK_CONFIG,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: size(size_of::<TrackConfig>()),
+            max_entries: 1,
+            flags: 0,
+        },
     ]
 }
 
@@ -98,6 +117,13 @@ pub fn links_dir(dir: &Path) -> PathBuf {
 
 pub fn link_pin(dir: &Path, iface: &str) -> PathBuf {
     links_dir(dir).join(iface)
+}
+
+/// Pin of the host-mode egress tracker's TCX link on `iface`. Interface
+/// names cannot hold a `:` (the kernel's `dev_valid_name`), so this never
+/// collides with an XDP link pin.
+pub fn tracker_link_pin(dir: &Path, iface: &str) -> PathBuf {
+    links_dir(dir).join(format!("{iface}:egress"))
 }
 
 /// Creates the pin directory and checks it is on bpffs: pins elsewhere would

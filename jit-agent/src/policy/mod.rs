@@ -25,8 +25,8 @@ pub use duration::{
 };
 pub use error::{ErrorKind, LineCol, Location, PolicyError, PolicyErrors, PortProblem};
 pub use model::{
-    defaults, ApiSettings, Approval, AttachMode, GateSettings, GroupRef, Policy, PortRange,
-    Protocol, Role, Rule, Target, UnixAccount, User, Zone, ZoneId,
+    defaults, ApiSettings, Approval, AttachMode, GateSettings, GroupRef, HostIdle, Policy,
+    PortRange, Protocol, Role, Rule, Target, UnixAccount, User, Zone, ZoneId,
 };
 pub use source::{MAX_FILES, MAX_FILE_BYTES, MAX_TOTAL_BYTES};
 pub use validate::{MAX_APPROVALS, MAX_RULES_PER_TARGET, MAX_WINDOWS, MAX_ZONES};

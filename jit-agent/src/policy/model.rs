@@ -216,6 +216,23 @@ pub struct GateSettings {
     /// How long a request may wait for approval.
     #[serde(with = "super::duration::serde_text")]
     pub pending_ttl: Duration,
+    /// Host mode: how long a flow a host zone started stays open to its
+    /// replies after the host's last packet on it, per protocol.
+    pub host_idle: HostIdle,
+}
+
+/// Idle timeouts of flows the protected host starts (host mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HostIdle {
+    /// `host_tcp_idle`.
+    #[serde(with = "super::duration::serde_text")]
+    pub tcp: Duration,
+    /// `host_udp_idle`.
+    #[serde(with = "super::duration::serde_text")]
+    pub udp: Duration,
+    /// `host_icmp_idle` (ICMP and ICMPv6 echo).
+    #[serde(with = "super::duration::serde_text")]
+    pub icmp: Duration,
 }
 
 /// Defaults for `[gate]`, as documented in `policies/REFERENCE.md`.
@@ -241,6 +258,15 @@ pub mod defaults {
     pub const MAX_MAP_CAPACITY: u32 = 1 << 24;
     /// `pending_ttl`.
     pub const PENDING_TTL: Duration = Duration::from_secs(3600);
+    /// `host_tcp_idle`.
+    pub const HOST_TCP_IDLE: Duration =
+        Duration::from_secs(jit_common::track::DEFAULT_TCP_IDLE_SECS);
+    /// `host_udp_idle`.
+    pub const HOST_UDP_IDLE: Duration =
+        Duration::from_secs(jit_common::track::DEFAULT_UDP_IDLE_SECS);
+    /// `host_icmp_idle`.
+    pub const HOST_ICMP_IDLE: Duration =
+        Duration::from_secs(jit_common::track::DEFAULT_ICMP_IDLE_SECS);
 }
 
 /// `[zones.NAME]`: protected prefixes. Zones never overlap.
@@ -252,6 +278,9 @@ pub struct Zone {
     pub id: ZoneId,
     /// Prefixes, disjoint.
     pub prefixes: Vec<IpNet>,
+    /// The prefixes are the protected machine's own addresses (host mode):
+    /// replies on flows it starts pass without a grant.
+    pub host: bool,
 }
 
 /// `[targets.NAME]`: something a role may reach.

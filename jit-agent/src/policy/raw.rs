@@ -65,6 +65,9 @@ pub(crate) struct RawGate {
     pub metrics_listen: Option<Sp<String>>,
     pub map_capacity: Option<Sp<i64>>,
     pub pending_ttl: Option<Sp<String>>,
+    pub host_tcp_idle: Option<Sp<String>>,
+    pub host_udp_idle: Option<Sp<String>>,
+    pub host_icmp_idle: Option<Sp<String>>,
     pub api: Option<RawApi>,
 }
 
@@ -89,6 +92,7 @@ pub(crate) struct RawZone {
     pub name: Sp<String>,
     pub id: Option<Sp<i64>>,
     pub prefixes: Option<List<String>>,
+    pub host: Option<Sp<bool>>,
 }
 
 #[derive(Debug)]
@@ -169,10 +173,13 @@ const GATE_KEYS: &[&str] = &[
     "metrics_listen",
     "map_capacity",
     "pending_ttl",
+    "host_tcp_idle",
+    "host_udp_idle",
+    "host_icmp_idle",
     "api",
 ];
 const API_KEYS: &[&str] = &["socket", "group", "mode"];
-const ZONE_KEYS: &[&str] = &["prefixes", "id"];
+const ZONE_KEYS: &[&str] = &["prefixes", "id", "host"];
 const TARGET_KEYS: &[&str] = &["zone", "prefixes", "protocol", "ports"];
 const ROLE_KEYS: &[&str] = &[
     "targets",
@@ -600,6 +607,9 @@ impl Walker<'_> {
             ),
             map_capacity: self.integer(t, "map_capacity", c, "map_capacity = 1048576"),
             pending_ttl: self.string(t, "pending_ttl", c, "pending_ttl = \"1h\""),
+            host_tcp_idle: self.string(t, "host_tcp_idle", c, "host_tcp_idle = \"5m\""),
+            host_udp_idle: self.string(t, "host_udp_idle", c, "host_udp_idle = \"30s\""),
+            host_icmp_idle: self.string(t, "host_icmp_idle", c, "host_icmp_idle = \"10s\""),
             api,
         };
         gate.broken = self.broken.split_off(mark);
@@ -643,6 +653,7 @@ impl Walker<'_> {
             broken: Vec::new(),
             id: self.integer(t, "id", &c, "id = 1"),
             prefixes: self.string_list(t, "prefixes", &c, "prefixes = [\"10.20.0.0/16\"]"),
+            host: self.boolean(t, "host", &c, "host = true"),
             name,
         };
         zone.broken = self.broken.split_off(mark);

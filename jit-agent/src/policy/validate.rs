@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use super::duration::{format_duration, parse_duration};
 use super::error::{suggest, Diagnostics, ErrorKind, PortProblem};
 use super::model::{
-    defaults, net_interval, ApiSettings, Approval, AttachMode, GateSettings, GroupRef, Policy,
-    PortRange, Protocol, Role, Rule, Target, UnixAccount, User, Zone, ZoneId,
+    defaults, net_interval, ApiSettings, Approval, AttachMode, GateSettings, GroupRef, HostIdle,
+    Policy, PortRange, Protocol, Role, Rule, Target, UnixAccount, User, Zone, ZoneId,
 };
 use super::raw::{
     List, RawApi, RawFile, RawGate, RawRole, RawTarget, RawUser, RawWindow, RawZone, Scalar, Sp,
@@ -563,6 +563,17 @@ impl Validator<'_> {
             None => Some(defaults::PENDING_TTL),
             Some(sp) => self.duration(sp, "pending_ttl", c),
         };
+        let mut idle = |sp: &Option<Sp<String>>, key: &str, default: Duration| match sp {
+            None => Some(default),
+            Some(sp) => self.duration(sp, key, c),
+        };
+        let host_tcp_idle = idle(&g.host_tcp_idle, "host_tcp_idle", defaults::HOST_TCP_IDLE);
+        let host_udp_idle = idle(&g.host_udp_idle, "host_udp_idle", defaults::HOST_UDP_IDLE);
+        let host_icmp_idle = idle(
+            &g.host_icmp_idle,
+            "host_icmp_idle",
+            defaults::HOST_ICMP_IDLE,
+        );
         let api = self.api(g.api.as_ref());
         Some(GateSettings {
             interfaces: ok.then_some(interfaces)?,
@@ -573,6 +584,11 @@ impl Validator<'_> {
             metrics_listen: metrics_listen?,
             map_capacity: map_capacity?,
             pending_ttl: pending_ttl?,
+            host_idle: HostIdle {
+                tcp: host_tcp_idle?,
+                udp: host_udp_idle?,
+                icmp: host_icmp_idle?,
+            },
         })
     }
 
@@ -714,7 +730,7 @@ impl Validator<'_> {
         }
         let mut explicit: BTreeMap<u8, (String, Span)> = BTreeMap::new();
         // Explicit id, name and prefixes of each zone that passed its checks.
-        type Draft<'a> = (Option<u8>, &'a str, Vec<(IpNet, Span)>);
+        type Draft<'a> = (Option<u8>, &'a str, Vec<(IpNet, Span)>, bool);
         let mut checked: Vec<Draft<'_>> = Vec::new();
         for z in raw.values() {
             let c = format!("zone `{}`", z.name.value);
@@ -781,20 +797,22 @@ impl Validator<'_> {
                     None => continue,
                 },
             };
-            checked.push((id, &z.name.value, prefixes));
+            let host = z.host.as_ref().is_some_and(|h| h.value);
+            checked.push((id, &z.name.value, prefixes, host));
         }
         // Zones without an explicit id take the smallest free ids in name
         // order, so ids are stable as long as the set of zones is.
         let mut free = (1..=255u8).filter(|i| !explicit.contains_key(i));
         let mut zones: Vec<CheckedZone> = checked
             .into_iter()
-            .filter_map(|(id, name, prefixes)| {
+            .filter_map(|(id, name, prefixes, host)| {
                 let id = ZoneId::new(id.or_else(|| free.next())?)?;
                 Some(CheckedZone {
                     zone: Zone {
                         name: name.to_owned(),
                         id,
                         prefixes: prefixes.iter().map(|(n, _)| *n).collect(),
+                        host,
                     },
                     prefix_spans: prefixes.iter().map(|(_, s)| *s).collect(),
                 })

@@ -147,6 +147,37 @@ fn packet_socket(iface: &str) -> io::Result<(i32, libc::sockaddr_ll)> {
     Ok((fd, addr))
 }
 
+/// Sends each frame once through an AF_PACKET socket on `iface` inside
+/// `ns` (crafted packets for spoofing tests).
+pub fn send_raw_frames(ns: &str, iface: &str, frames: &[Vec<u8>]) -> Result<()> {
+    in_netns(ns, || -> io::Result<()> {
+        let (fd, addr) = packet_socket(iface)?;
+        let mut result = Ok(());
+        for frame in frames {
+            // SAFETY: `frame` and `addr` outlive the call; their sizes are passed.
+            let sent = unsafe {
+                libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const addr).cast(),
+                    mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if sent < 0 {
+                result = Err(io::Error::last_os_error());
+                break;
+            }
+        }
+        // SAFETY: closing the fd `packet_socket` made.
+        unsafe { libc::close(fd) };
+        result
+    })
+    .context("entering the namespace")?
+    .with_context(|| format!("sending raw frames on {iface} in {ns}"))
+}
+
 /// When one sender thread stops, and how fast it goes.
 struct Pace<'a> {
     rate_pps: Option<f64>,
