@@ -340,21 +340,11 @@ impl AuditLog {
     /// Appends several events as one durable write: after an error none of
     /// them is in the log.
     pub fn append_all<T: Serialize>(&self, events: &[T]) -> Result<Vec<AuditRecord>, AuditError> {
-        let mut values = Vec::with_capacity(events.len());
-        for event in events {
-            let value =
-                serde_json::to_value(event).map_err(|source| AuditError::Encode { source })?;
-            let size = serde_json::to_string(&value)
-                .map_err(|source| AuditError::Encode { source })?
-                .len();
-            if size > MAX_EVENT_BYTES {
-                return Err(AuditError::TooLarge {
-                    size,
-                    max: MAX_EVENT_BYTES,
-                });
-            }
-            values.push(value);
-        }
+        let values = events
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| AuditError::Encode { source })?;
         let mut writer = self.lock();
         if writer.needs_recovery {
             // The partial line is our own failed write; it is kept like any
@@ -401,6 +391,13 @@ impl AuditLog {
         for (n, value) in values.into_iter().enumerate() {
             let event_json =
                 serde_json::to_string(&value).map_err(|source| AuditError::Encode { source })?;
+            // Checked before anything is written: a batch goes whole or not at all.
+            if event_json.len() > MAX_EVENT_BYTES {
+                return Err(AuditError::TooLarge {
+                    size: event_json.len(),
+                    max: MAX_EVENT_BYTES,
+                });
+            }
             let seq = first_seq + n as u64;
             let (line, hash) = chain::encode_line(seq, &time, &prev, &event_json);
             let digest = chain::line_digest(line.as_bytes());

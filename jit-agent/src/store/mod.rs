@@ -813,7 +813,7 @@ fn open_checked(dir: &Path, path: &Path) -> Result<(Database, bool), Failure> {
     // redb may panic on some malformed pages rather than return an error; a
     // panic here must become "damaged", not a crash loop at every start.
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        let mut builder = Database::builder();
+        let mut builder = builder();
         builder.set_repair_callback(move |_| flag.store(true, Ordering::Relaxed));
         let mut db = builder
             .open(path)
@@ -978,9 +978,20 @@ fn create_fresh(dir: &Path, path: &Path) -> Result<Database, StoreError> {
     }
     std::fs::rename(&tmp, path).map_err(|e| io_err("move the new state store into place", e))?;
     fsutil::sync_dir(dir).map_err(|e| io_err("sync the state directory", e))?;
-    Database::builder()
+    builder()
         .open(path)
         .map_err(|e| classify(dir, path, "open the new state store", e.into()))
+}
+
+/// redb's page cache defaults to 1 GiB, which a store of a million grants
+/// would fill; the hot pages of appends and lookups by id fit in far less,
+/// and the OS page cache holds the rest of the file.
+const CACHE_BYTES: usize = 32 << 20;
+
+fn builder() -> redb::Builder {
+    let mut builder = Database::builder();
+    builder.set_cache_size(CACHE_BYTES);
+    builder
 }
 
 /// Renames `from` (the damaged store, or its pristine copy) to
