@@ -84,37 +84,30 @@ fn internal(what: &str, e: impl std::fmt::Display) -> OpError {
 
 /// Brings the agent up to the point where it can serve.
 pub fn start(policy_path: &Path, debug_bpf: bool) -> anyhow::Result<Shared> {
+    let mut phases = Phases::new();
     let policy = Arc::new(startup::load_policy(policy_path)?);
-    let store = startup::open_store(&policy)?;
-    let audit = startup::open_audit(&policy, &store)?;
-    let mut gate = startup::load_gate(&policy, debug_bpf)?;
-    startup::apply_zones(&mut gate, &policy)
-        .context("loading the protected zones into the gate")?;
-
-    let loaded = store
-        .load_all::<Request, StoredGrant>()
-        .context("reading the stored requests and grants")?;
-    let next_id: u64 = store
-        .get_meta(NEXT_ID_META)
-        .context("reading the stored next id")?
-        .unwrap_or(1);
-    let mut slots = HashMap::new();
-    let records = Records {
-        next_id,
-        requests: loaded.requests.into_iter().map(|(_, r)| r).collect(),
-        grants: loaded
-            .grants
-            .into_iter()
-            .map(|(_, g)| {
-                slots.insert(g.grant.id, g.slot);
-                g.grant
-            })
-            .collect(),
-    };
-    let clock = Arc::new(SystemClock::new().context("reading the boot id")?);
-    let engine = Engine::restore(policy.clone(), clock, records)
-        .context("rebuilding requests and grants from the store")?;
-
+    // Loading the programs (the verifier) and reading the pinned grant map
+    // take as long as reading the store and rebuilding the engine: do both
+    // at once. The old gate enforces meanwhile.
+    let (gate, state) = std::thread::scope(|s| {
+        let began = phases.start;
+        let gate_policy = &policy;
+        let gate = s.spawn(move || {
+            let mut gate = startup::load_gate(gate_policy, debug_bpf)?;
+            startup::apply_zones(&mut gate, gate_policy)
+                .context("loading the protected zones into the gate")?;
+            Ok::<_, anyhow::Error>((gate, began.elapsed()))
+        });
+        let state = restore_state(&policy, &mut phases);
+        let gate = gate
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("loading the gate panicked")));
+        (gate, state)
+    });
+    let (store, audit, engine, slots) = state?;
+    let (gate, gate_took) = gate?;
+    phases.note("gate loaded (in parallel)", gate_took.as_millis());
+    phases.mark("gate ready");
     let (events, _) = broadcast::channel(1024);
     let mut core = Core {
         policy: policy.clone(),
@@ -143,12 +136,16 @@ pub fn start(policy_path: &Path, debug_bpf: bool) -> anyhow::Result<Shared> {
             .chain(timed_out.value.iter().map(|r| r.id)),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for g in &expired.value {
-        let stats = core.remove_from_kernel(g.id);
-        core.audit_end(&expired.events, g, stats);
-    }
-    core.record_events(&timed_out.events);
+    let ended: Vec<_> = expired
+        .value
+        .iter()
+        .map(|g| (g.clone(), core.remove_from_kernel(g.id)))
+        .collect();
+    let mut records = core.end_records(&expired.events, &ended);
+    records.extend(core.end_records(&timed_out.events, &[]));
+    core.record_all(&records);
 
+    phases.mark("ended what ended while stopped");
     // The kernel must hold exactly the active grants: add what is missing,
     // remove what is unknown or ended.
     let specs = core.active_specs()?;
@@ -156,6 +153,7 @@ pub fn start(policy_path: &Path, debug_bpf: bool) -> anyhow::Result<Shared> {
         .gate
         .reconcile(&specs)
         .context("reconciling the kernel maps with the stored grants")?;
+    phases.mark("kernel reconciled");
     info!(
         kept = report.kept,
         added = report.added,
@@ -178,6 +176,13 @@ pub fn start(policy_path: &Path, debug_bpf: bool) -> anyhow::Result<Shared> {
             .with_context(|| format!("attaching the gate to {iface}"))?;
         interfaces.push(format!("{} ({})", attached.iface, attached.mode));
     }
+    phases.mark("attached");
+    info!(
+        grants = core.slots.len(),
+        "start-up took {} ms ({})",
+        phases.total_ms(),
+        phases.summary()
+    );
     let ring = core.gate.take_denied_events();
     let logger = core.gate.take_logger();
     let metrics = Metrics::new();
@@ -204,6 +209,84 @@ pub fn start(policy_path: &Path, debug_bpf: bool) -> anyhow::Result<Shared> {
     Ok(shared)
 }
 
+/// The store, the audit log, the engine rebuilt from the store, and each
+/// grant's stats slot.
+type Restored = (Arc<Store>, AuditLog, Engine, HashMap<u64, u32>);
+
+fn restore_state(policy: &Arc<Policy>, phases: &mut Phases) -> anyhow::Result<Restored> {
+    let store = startup::open_store(policy)?;
+    let audit = startup::open_audit(policy, &store)?;
+    phases.mark("store and audit log opened");
+    let loaded = store
+        .load_all::<Request, StoredGrant>()
+        .context("reading the stored requests and grants")?;
+    let next_id: u64 = store
+        .get_meta(NEXT_ID_META)
+        .context("reading the stored next id")?
+        .unwrap_or(1);
+    let mut slots = HashMap::new();
+    let records = Records {
+        next_id,
+        requests: loaded.requests.into_iter().map(|(_, r)| r).collect(),
+        grants: loaded
+            .grants
+            .into_iter()
+            .map(|(_, g)| {
+                slots.insert(g.grant.id, g.slot);
+                g.grant
+            })
+            .collect(),
+    };
+    phases.mark("store read");
+    let clock = Arc::new(SystemClock::new().context("reading the boot id")?);
+    let engine = Engine::restore(policy.clone(), clock, records)
+        .context("rebuilding requests and grants from the store")?;
+    phases.mark("engine rebuilt");
+    Ok((store, audit, engine, slots))
+}
+
+/// Timings of the start-up phases, logged so that a slow start says where
+/// its time went.
+struct Phases {
+    start: std::time::Instant,
+    last: std::time::Instant,
+    done: Vec<(&'static str, u128)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        let now = std::time::Instant::now();
+        Phases {
+            start: now,
+            last: now,
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, what: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((what, (now - self.last).as_millis()));
+        self.last = now;
+    }
+
+    /// A phase timed elsewhere (in parallel with the others).
+    fn note(&mut self, what: &'static str, ms: u128) {
+        self.done.push((what, ms));
+    }
+
+    fn total_ms(&self) -> u128 {
+        self.start.elapsed().as_millis()
+    }
+
+    fn summary(&self) -> String {
+        self.done
+            .iter()
+            .map(|(what, ms)| format!("{what} {ms} ms"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 impl Core {
     /// Appends to the audit log; a failure is logged loudly but does not
     /// undo the state change it describes.
@@ -213,10 +296,24 @@ impl Core {
         }
     }
 
-    pub fn record_events(&self, events: &[AuditEvent]) {
-        for event in events {
-            self.record(&self.event_json(event, None));
+    /// Appends records as one write (one flush), logging a failure loudly
+    /// like [`Core::record`].
+    fn record_all(&self, records: &[serde_json::Value]) {
+        if records.is_empty() {
+            return;
         }
+        if let Err(e) = self.audit.append_all(records) {
+            error!(
+                "AUDIT LOG WRITE FAILED: {e}; {} events: {}",
+                records.len(),
+                serde_json::Value::from(records.to_vec())
+            );
+        }
+    }
+
+    pub fn record_events(&self, events: &[AuditEvent]) {
+        let records: Vec<_> = events.iter().map(|e| self.event_json(e, None)).collect();
+        self.record_all(&records);
     }
 
     /// An event as its audit record, with the traffic totals of a grant
@@ -286,16 +383,21 @@ impl Core {
         result
     }
 
-    /// The end of a grant, with its traffic totals.
-    fn audit_end(
+    /// The records of grants' ends, with their traffic totals, and of the
+    /// other `events`, in order.
+    fn end_records(
         &self,
         events: &[AuditEvent],
-        grant: &Grant,
-        stats: Option<jit_common::GrantStats>,
-    ) {
-        for event in events.iter().filter(|e| e.id == grant.id) {
-            self.record(&self.event_json(event, stats));
-        }
+        ended: &[(Grant, Option<jit_common::GrantStats>)],
+    ) -> Vec<serde_json::Value> {
+        let stats: HashMap<u64, jit_common::GrantStats> = ended
+            .iter()
+            .filter_map(|(g, stats)| stats.map(|s| (g.id, s)))
+            .collect();
+        events
+            .iter()
+            .map(|event| self.event_json(event, stats.get(&event.id).copied()))
+            .collect()
     }
 
     pub fn traffic(&self, s: &jit_common::GrantStats) -> TrafficView {
@@ -663,15 +765,13 @@ impl Core {
         if let Err(e) = self.persist_outcome_ids(ids) {
             error!("recording expiries failed: {e}; they will be recorded again at the next start");
         }
-        for (g, stats) in &ended {
-            self.audit_end(&expired.events, g, *stats);
-        }
-        self.record_events(&timed_out.events);
+        let mut records = self.end_records(&expired.events, &ended);
+        records.extend(self.end_records(&timed_out.events, &[]));
+        self.record_all(&records);
         lags
     }
 
-    /// Forgets history older than `HISTORY_KEEP`. A full scan, so it runs
-    /// from the minute loop, not on every expiry.
+    /// Forgets history older than `HISTORY_KEEP`; run from the minute loop.
     pub fn prune_history(&mut self) {
         let pruned = self.engine.prune(HISTORY_KEEP);
         if pruned.is_empty() {
@@ -756,18 +856,12 @@ impl Core {
             error!("recording the reload's changes failed: {e}");
         }
         let mut summary = Vec::new();
+        let mut ended = Vec::new();
         for g in &out.value.revoked {
-            let stats = self.remove_from_kernel(g.id);
-            self.audit_end(&out.events, g, stats);
+            ended.push((g.clone(), self.remove_from_kernel(g.id)));
             summary.push(format!("revoked #{}", g.id));
         }
-        let other: Vec<AuditEvent> = out
-            .events
-            .iter()
-            .filter(|e| !out.value.revoked.iter().any(|g| g.id == e.id))
-            .cloned()
-            .collect();
-        self.record_events(&other);
+        self.record_all(&self.end_records(&out.events, &ended));
         for r in &out.value.cancelled {
             summary.push(format!("cancelled request #{}", r.id));
         }

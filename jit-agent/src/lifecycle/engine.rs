@@ -1445,25 +1445,27 @@ impl Engine {
             .and_then(|k| now.wall.checked_sub_signed(k))
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let old = |c: &Option<Closed>| c.as_ref().is_some_and(|c| c.wall < cutoff);
+        // Only records that ended before the cutoff can go: the indexes
+        // give them without a scan of the whole history.
         let mut ids = std::collections::BTreeSet::new();
-        let grants = &self.grants;
-        for r in self.requests.values() {
+        for id in self.requests.ended_before(cutoff) {
+            let Some(r) = self.requests.get(id) else {
+                continue;
+            };
             // A request that became a grant goes with its grant.
-            let keep = r.state == RequestState::Pending
-                || !old(&r.closed)
-                || (r.state == RequestState::Approved
-                    && grants.get(r.id).is_some_and(|g| !old(&g.ended)));
+            let keep = r.state == RequestState::Approved
+                && self.grants.get(id).is_some_and(|g| !old(&g.ended));
             if !keep {
-                ids.insert(r.id);
+                ids.insert(id);
             }
         }
-        for g in self.grants.values() {
-            if g.state != GrantState::Active && old(&g.ended) {
-                ids.insert(g.id);
-            }
+        for id in self.grants.ended_before(cutoff) {
+            ids.insert(id);
         }
-        self.requests.retain(|r| !ids.contains(&r.id));
-        self.grants.retain(|g| !ids.contains(&g.id));
+        for id in &ids {
+            self.requests.remove(*id);
+            self.grants.remove(*id);
+        }
         ids.into_iter().collect()
     }
 }

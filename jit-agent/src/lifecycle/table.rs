@@ -7,6 +7,8 @@ use std::{
     net::IpAddr,
 };
 
+use chrono::{DateTime, Utc};
+
 use super::state::{Grant, GrantState, Request, RequestState};
 
 /// A record the table can index.
@@ -14,6 +16,8 @@ pub trait Record: Clone {
     fn id(&self) -> u64;
     /// The boot-clock deadline of a live record; `None` once it has ended.
     fn live_deadline(&self) -> Option<u64>;
+    /// When an ended record ended (wall clock).
+    fn ended_at(&self) -> Option<DateTime<Utc>>;
     fn user(&self) -> &str;
     fn target(&self) -> &str;
     fn source(&self) -> IpAddr;
@@ -25,6 +29,12 @@ impl Record for Grant {
     }
     fn live_deadline(&self) -> Option<u64> {
         (self.state == GrantState::Active).then_some(self.expires_boot_ns)
+    }
+    fn ended_at(&self) -> Option<DateTime<Utc>> {
+        self.ended
+            .as_ref()
+            .filter(|_| self.state != GrantState::Active)
+            .map(|c| c.wall)
     }
     fn user(&self) -> &str {
         &self.user
@@ -43,6 +53,12 @@ impl Record for Request {
     }
     fn live_deadline(&self) -> Option<u64> {
         (self.state == RequestState::Pending).then_some(self.pending_until_boot_ns)
+    }
+    fn ended_at(&self) -> Option<DateTime<Utc>> {
+        self.closed
+            .as_ref()
+            .filter(|_| self.state != RequestState::Pending)
+            .map(|c| c.wall)
     }
     fn user(&self) -> &str {
         &self.user
@@ -63,6 +79,7 @@ pub struct Table<T> {
     live_ids: BTreeSet<u64>,
     by_deadline: BTreeSet<(u64, u64)>,
     by_key: HashMap<LiveKey, Vec<u64>>,
+    by_end: BTreeSet<(DateTime<Utc>, u64)>,
 }
 
 impl<T> Default for Table<T> {
@@ -72,6 +89,7 @@ impl<T> Default for Table<T> {
             live_ids: BTreeSet::new(),
             by_deadline: BTreeSet::new(),
             by_key: HashMap::new(),
+            by_end: BTreeSet::new(),
         }
     }
 }
@@ -152,22 +170,18 @@ impl<T: Record> Table<T> {
         ids.first().and_then(|id| self.all.get(id))
     }
 
-    /// Keeps the records `keep` says yes to.
-    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        let gone: Vec<u64> = self
-            .all
-            .values()
-            .filter(|r| !keep(r))
-            .map(Record::id)
-            .collect();
-        for id in gone {
-            if let Some(r) = self.all.remove(&id) {
-                self.unindex(&r);
-            }
-        }
+    /// Ids of ended records that ended before `cutoff`.
+    pub fn ended_before(&self, cutoff: DateTime<Utc>) -> Vec<u64> {
+        self.by_end
+            .range(..(cutoff, 0))
+            .map(|(_, id)| *id)
+            .collect()
     }
 
     fn index(&mut self, r: &T) {
+        if let Some(at) = r.ended_at() {
+            self.by_end.insert((at, r.id()));
+        }
         if let Some(at) = r.live_deadline() {
             self.live_ids.insert(r.id());
             self.by_deadline.insert((at, r.id()));
@@ -176,6 +190,9 @@ impl<T: Record> Table<T> {
     }
 
     fn unindex(&mut self, r: &T) {
+        if let Some(at) = r.ended_at() {
+            self.by_end.remove(&(at, r.id()));
+        }
         if let Some(at) = r.live_deadline() {
             self.live_ids.remove(&r.id());
             self.by_deadline.remove(&(at, r.id()));
