@@ -152,14 +152,21 @@ fn random_kills_never_lose_an_acknowledged_grant_or_open_a_closed_one() {
             // unknown to us, and learned from the agent after the restart.
             let socket = agent.socket().to_owned();
             let req = request.clone();
-            let pending = std::thread::spawn(move || client::call(&socket, &req).ok());
+            // The answer's arrival time, not the restart's, starts an
+            // acknowledged grant's window: a restart takes longer than the
+            // check's margin.
+            let pending = std::thread::spawn(move || {
+                client::call(&socket, &req)
+                    .ok()
+                    .map(|answer| (answer, Instant::now()))
+            });
             std::thread::sleep(Duration::from_micros(rng.random_range(0..3000)));
             agent.kill9();
             let answer = pending.join().unwrap();
             agent.start_again();
             kills_done += 1;
-            match (answer.filter(|a| a.ok), &request) {
-                (Some(a), _) => apply(&mut known, &request, &a, src, secs),
+            match (answer.filter(|(a, _)| a.ok), &request) {
+                (Some((a, at)), _) => apply(&mut known, &request, &a, src, secs, at),
                 // No answer: a grant in flight is learned from the listing
                 // after the restart; a revoke or extend in flight leaves its
                 // grant uncertain until we ask.
@@ -180,29 +187,27 @@ fn random_kills_never_lose_an_acknowledged_grant_or_open_a_closed_one() {
             continue;
         }
         acked += 1;
-        apply(&mut known, &request, &answer, src, secs);
+        apply(&mut known, &request, &answer, src, secs, Instant::now());
     }
     assert_eq!(kills_done, kills, "every planned kill happened");
     println!("{acked} operations acknowledged, {kills_done} kills survived");
 }
 
-/// Records what an acknowledged operation did.
+/// Records what an operation acknowledged at `at` did.
 fn apply(
     known: &mut HashMap<u64, (u8, Known)>,
     request: &ApiRequest,
     answer: &ApiResponse,
     src: Option<u8>,
     secs: u64,
+    at: Instant,
 ) {
     match request {
         ApiRequest::Grant { .. } => {
             let id = answer.data["id"].as_u64().unwrap();
             known.insert(
                 id,
-                (
-                    src.unwrap(),
-                    Known::Active(Instant::now() + Duration::from_secs(secs)),
-                ),
+                (src.unwrap(), Known::Active(at + Duration::from_secs(secs))),
             );
         }
         ApiRequest::Revoke { id, .. } => {
