@@ -28,6 +28,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",        // packet captures when a test fails
     "systemd",        // systemd-analyze: checks the shipped unit file
     "ethtool",        // veth offload settings
+    "faketime",       // libfaketime: moves the agent's wall clock in a clock test
 ];
 
 /// bpf-linker release that builds against the LLVM 22 of the nightly toolchain.
