@@ -892,22 +892,34 @@ fn pinned_grants(lab: &Lab) -> Result<BpfHashMap<MapData, FlowKey, GrantSet>> {
     BpfHashMap::try_from(Map::HashMap(data)).context("the pinned grant map")
 }
 
-fn expiry(
-    report: &mut Report,
+/// What one expiry trial saw.
+struct ExpiryTrial {
+    lags_ms: Vec<f64>,
+    missing: usize,
+}
+
+/// Sources of the quiet expiry trial: never sent from, so they need no
+/// address on the client (10.201.0.0/16, inside the bench user's sources).
+fn quiet_source(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 201, (i / 250) as u8, (i % 250) as u8 + 1)
+}
+
+/// Grants `n` UDP grants of 2 s from `source(k)`, 10 ms apart (so their
+/// expiries spread over n × 10 ms), then polls the pinned grant map every
+/// ~0.5 ms from each expiry on until its key is gone. With `probes`, the
+/// first tenth is also probed continuously while this runs.
+fn expiry_trial(
     plan: &ControlPlan,
     lab: &Lab,
     socket: &Path,
-    probes: &Probes,
-) -> Result<()> {
+    source: impl Fn(usize) -> Ipv4Addr,
+    probes: Option<(&Probes, usize)>,
+) -> Result<ExpiryTrial> {
     let map = pinned_grants(lab)?;
-    let first = plan.activations;
     let n = plan.expiries;
-    let probed = (n / 10).max(2);
-    // Grants of 2 s, started 10 ms apart: the expiries spread over n × 10 ms.
     let mut tracked = Vec::new();
     for k in 0..n {
-        let i = first + k;
-        let src = probe_source(i);
+        let src = source(k);
         api_grant(socket, "srv-udp", src, "2s")?;
         let key = FlowKey {
             src: v4_mapped(src.octets()),
@@ -923,9 +935,11 @@ fn expiry(
             .map(|r| r.expires_at_ns)
             .max()
             .context("a grant without rules")?;
-        probes.expiry[i].store(expires, Ordering::Relaxed);
-        if k < probed {
-            probes.continuous[i].store(true, Ordering::Relaxed);
+        if let Some((probes, first)) = probes {
+            probes.expiry[first + k].store(expires, Ordering::Relaxed);
+            if k < probed_of(n) {
+                probes.continuous[first + k].store(true, Ordering::Relaxed);
+            }
         }
         tracked.push((key, expires, None::<f64>));
         thread::sleep(Duration::from_millis(10));
@@ -940,37 +954,93 @@ fn expiry(
         }
         thread::sleep(Duration::from_micros(500));
     }
-    // Keep probing a little after the last expiry, then stop.
-    thread::sleep(Duration::from_millis(200));
-    for c in &probes.continuous {
-        c.store(false, Ordering::Relaxed);
+    if let Some((probes, _)) = probes {
+        // Keep probing a little after the last expiry, then stop.
+        thread::sleep(Duration::from_millis(200));
+        for c in &probes.continuous {
+            c.store(false, Ordering::Relaxed);
+        }
     }
-    let mut lags: Vec<f64> = tracked.iter().filter_map(|t| t.2).collect();
-    let missing = tracked.len() - lags.len();
+    let lags_ms: Vec<f64> = tracked.iter().filter_map(|t| t.2).collect();
+    Ok(ExpiryTrial {
+        missing: tracked.len() - lags_ms.len(),
+        lags_ms,
+    })
+}
+
+fn probed_of(n: usize) -> usize {
+    (n / 10).max(2)
+}
+
+fn expiry(
+    report: &mut Report,
+    plan: &ControlPlan,
+    lab: &Lab,
+    socket: &Path,
+    probes: &Probes,
+) -> Result<()> {
+    let first = plan.activations;
+    let probed = probed_of(plan.expiries);
+    let loaded = expiry_trial(
+        plan,
+        lab,
+        socket,
+        |k| probe_source(first + k),
+        Some((probes, first)),
+    )?;
+    let quiet = expiry_trial(plan, lab, socket, quiet_source, None)?;
     let late: u64 = (first..first + probed)
         .map(|i| probes.late[i].load(Ordering::Relaxed))
         .sum();
     let passed: u64 = (first..first + probed)
         .map(|i| u64::from(probes.first[i].load(Ordering::Relaxed) != 0))
         .sum();
-    for p in [50.0, 99.0] {
-        let v = percentile(&mut lags, p);
-        let mut row = Row::new("control", format!("expiry → kernel map deletion p{p:.0}"), v, "ms").method(format!(
-            "{} grants of 2 s started 10 ms apart; the pinned grant map polled every ~0.5 ms from the \
-             expiry on (lag = first poll that misses the key − the rule's boot-clock expiry){}",
-            lags.len(),
-            if missing > 0 { format!("; {missing} not deleted within the limit") } else { String::new() }
-        ));
-        if p == 99.0 {
-            row = row.target("p99 ≤ 10 ms", v <= 10.0 && missing == 0).limit(
-                "the agent deletes expired entries from its deadline loop, and that work slows as the \
-                 grants it holds grow (compare a quick run with few grants, and the throughput trend); \
-                 the agent's own histogram, in the notes, counts from the deadline to when its loop takes \
-                 it up, not to the kernel deletion. Enforcement does not wait for it: the program checks \
-                 each rule's expiry itself (next row)",
-            );
+    for (mut trial, how, limit) in [
+        (
+            quiet,
+            "quiet",
+            "the agent deletes expired entries from its deadline loop on a shared 2-core VM; see the \
+             agent's own histogram in the notes",
+        ),
+        (
+            loaded,
+            "under probe load",
+            "in this trial 20 probe senders (a UDP packet each every ~20 µs), the receiver, the agent and \
+             this map poller share 2 CPUs, so the poller itself is often late (compare the quiet row and \
+             the agent's own histogram in the notes, which times each deletion in the agent). Enforcement \
+             does not wait for the deletion: the program checks each rule's expiry itself (next row)",
+        ),
+    ] {
+        for p in [50.0, 99.0] {
+            let v = percentile(&mut trial.lags_ms, p);
+            let mut row = Row::new(
+                "control",
+                format!("expiry → kernel map deletion p{p:.0}, {how}"),
+                v,
+                "ms",
+            )
+            .method(format!(
+                "{} grants of 2 s started 10 ms apart{}; the pinned grant map polled every ~0.5 ms from the \
+                 expiry on (lag = first poll that misses the key − the rule's boot-clock expiry){}",
+                trial.lags_ms.len(),
+                if how == "quiet" {
+                    ", no traffic"
+                } else {
+                    ", the first tenth probed continuously"
+                },
+                if trial.missing > 0 {
+                    format!("; {} not deleted within the limit", trial.missing)
+                } else {
+                    String::new()
+                }
+            ));
+            if p == 99.0 {
+                row = row
+                    .target("p99 ≤ 10 ms", v <= 10.0 && trial.missing == 0)
+                    .limit(limit);
+            }
+            report.push(row);
         }
-        report.push(row);
     }
     report.push(
         Row::new("control", "packets passed after expiry", late as f64, "packets")
