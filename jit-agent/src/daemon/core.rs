@@ -215,8 +215,9 @@ type Restored = (Arc<Store>, AuditLog, Engine, HashMap<u64, u32>);
 
 fn restore_state(policy: &Arc<Policy>, phases: &mut Phases) -> anyhow::Result<Restored> {
     let store = startup::open_store(policy)?;
+    phases.mark("store opened");
     let audit = startup::open_audit(policy, &store)?;
-    phases.mark("store and audit log opened");
+    phases.mark("audit log opened");
     let loaded = store
         .load_all::<Request, StoredGrant>()
         .context("reading the stored requests and grants")?;

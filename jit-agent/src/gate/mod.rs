@@ -2,6 +2,7 @@
 //! zones and grants into its maps.
 
 pub mod addr;
+mod batch;
 pub mod clock;
 mod error;
 mod flows;
@@ -11,11 +12,15 @@ pub mod tracker;
 
 use std::{
     collections::{BTreeSet, HashMap},
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    maps::{
+        lpm_trie::Key, Array, HashMap as BpfHashMap, IterableMap, LpmTrie, MapData, PerCpuArray,
+        RingBuf,
+    },
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -214,9 +219,29 @@ impl Gate {
             }
         }
         let mut flows = FlowTable::default();
-        for entry in grants_map.iter() {
-            let (key, set) = entry.map_err(|e| GateError::map("reading pinned grants", e))?;
-            flows.set(key, set);
+        match batch::read_hash::<FlowKey, GrantSet>(grants_map.map().fd().as_fd()) {
+            Ok(entries) => {
+                for (key, set) in entries {
+                    flows.set(key, set);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                warn!("{e}; reading the pinned grants one by one (slower)");
+                for entry in grants_map.iter() {
+                    let (key, set) =
+                        entry.map_err(|e| GateError::map("reading pinned grants", e))?;
+                    flows.set(key, set);
+                }
+            }
+            Err(e) => {
+                return Err(GateError::map(
+                    "reading pinned grants",
+                    aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_lookup_batch",
+                        io_error: e,
+                    }),
+                ))
+            }
         }
         let used_slots: BTreeSet<u32> = flows.slots().collect();
         let next_slot = used_slots.last().map_or(0, |s| s + 1);
