@@ -15,6 +15,10 @@ use std::{
 /// `enum bpf_cmd` in `include/uapi/linux/bpf.h`.
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
+/// `ENOTSUPP` of `include/linux/errno.h`, which the bpf syscall returns
+/// for map types without batch operations; userspace headers lack it.
+const KERNEL_ENOTSUPP: i32 = 524;
+
 /// Entries asked for per call. A hash map's batch never splits a bucket, so
 /// the kernel answers ENOSPC when one bucket holds more than this; the
 /// buffer then grows.
@@ -45,15 +49,14 @@ pub fn read_hash<K: Copy + Default, V: Copy + Default>(
     fd: BorrowedFd<'_>,
 ) -> io::Result<Vec<(K, V)>> {
     let mut out = Vec::new();
-    let mut chunk = FIRST_CHUNK;
+    let mut keys = vec![K::default(); FIRST_CHUNK];
+    let mut values = vec![V::default(); FIRST_CHUNK];
     // The position token of a hash map is a bucket index (a u32); 8 bytes
     // leave room for any map type's token up to that size.
     let mut token_in = [0u8; 8];
     let mut token_out = [0u8; 8];
     let mut first = true;
     loop {
-        let mut keys = vec![K::default(); chunk];
-        let mut values = vec![V::default(); chunk];
         let mut attr = BatchAttr {
             in_batch: if first {
                 0
@@ -63,7 +66,7 @@ pub fn read_hash<K: Copy + Default, V: Copy + Default>(
             out_batch: token_out.as_mut_ptr() as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
+            count: keys.len() as u32,
             map_fd: fd.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
@@ -82,9 +85,12 @@ pub fn read_hash<K: Copy + Default, V: Copy + Default>(
         match err.as_ref().and_then(io::Error::raw_os_error) {
             None | Some(libc::ENOENT) => {
                 let filled = attr.count as usize;
-                keys.truncate(filled);
-                values.truncate(filled);
-                out.extend(keys.into_iter().zip(values));
+                out.extend(
+                    keys[..filled]
+                        .iter()
+                        .copied()
+                        .zip(values[..filled].iter().copied()),
+                );
                 if err.is_some() {
                     // ENOENT: the walk reached the end.
                     return Ok(out);
@@ -92,8 +98,13 @@ pub fn read_hash<K: Copy + Default, V: Copy + Default>(
                 token_in = token_out;
                 first = false;
             }
-            Some(libc::ENOSPC) if chunk < (1 << 20) => chunk *= 4,
-            Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(libc::EOPNOTSUPP) if first => {
+            Some(libc::ENOSPC) if keys.len() < (1 << 20) => {
+                keys.resize(keys.len() * 4, K::default());
+                values.resize(values.len() * 4, V::default());
+            }
+            // EINVAL: a kernel without the command; ENOTSUPP (the kernel's
+            // own 524, not libc's ENOTSUP) or EOPNOTSUPP: a map type without it.
+            Some(libc::EINVAL) | Some(KERNEL_ENOTSUPP) | Some(libc::EOPNOTSUPP) if first => {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
                     "BPF_MAP_LOOKUP_BATCH is not available for this map",

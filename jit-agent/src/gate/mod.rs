@@ -138,6 +138,36 @@ where
     T::try_from(map).map_err(|e| GateError::map(format!("opening map {name}"), e))
 }
 
+/// The agent's mirror of what the grant map holds: read in batches, or key
+/// by key where the kernel has no batch lookup.
+fn read_pinned_flows(
+    grants_map: &BpfHashMap<MapData, FlowKey, GrantSet>,
+) -> Result<FlowTable, GateError> {
+    let mut flows = FlowTable::default();
+    match batch::read_hash::<FlowKey, GrantSet>(grants_map.map().fd().as_fd()) {
+        Ok(entries) => {
+            for (key, set) in entries {
+                flows.set(key, set);
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+            warn!("{e}; reading the pinned grants one by one (slower)");
+            for entry in grants_map.iter() {
+                let (key, set) = entry.map_err(|e| GateError::map("reading pinned grants", e))?;
+                flows.set(key, set);
+            }
+        }
+        Err(io_error) => {
+            let source = aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error,
+            });
+            return Err(GateError::map("reading pinned grants", source));
+        }
+    }
+    Ok(flows)
+}
+
 impl Gate {
     /// Loads the program, creating or adopting pinned maps.
     pub fn load(opts: &GateOptions) -> Result<Gate, GateError> {
@@ -218,31 +248,7 @@ impl Gate {
                 map_handles.push((spec.name, data));
             }
         }
-        let mut flows = FlowTable::default();
-        match batch::read_hash::<FlowKey, GrantSet>(grants_map.map().fd().as_fd()) {
-            Ok(entries) => {
-                for (key, set) in entries {
-                    flows.set(key, set);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
-                warn!("{e}; reading the pinned grants one by one (slower)");
-                for entry in grants_map.iter() {
-                    let (key, set) =
-                        entry.map_err(|e| GateError::map("reading pinned grants", e))?;
-                    flows.set(key, set);
-                }
-            }
-            Err(e) => {
-                return Err(GateError::map(
-                    "reading pinned grants",
-                    aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                        call: "bpf_map_lookup_batch",
-                        io_error: e,
-                    }),
-                ))
-            }
-        }
+        let flows = read_pinned_flows(&grants_map)?;
         let used_slots: BTreeSet<u32> = flows.slots().collect();
         let next_slot = used_slots.last().map_or(0, |s| s + 1);
         let free_slots = unused_below(&used_slots, next_slot);
